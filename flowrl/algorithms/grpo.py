@@ -1,0 +1,80 @@
+"""Flow-GRPO (Liu et al. 2025, arXiv 2505.05470): group-relative advantages, a clipped likelihood
+ratio on every trained SDE step, and a KL penalty to the frozen base (LoRA adapter off)."""
+from __future__ import annotations
+
+from typing import Dict, Iterator, Tuple
+
+import torch
+
+from flowrl.algorithms.advantages import group_advantages
+from flowrl.algorithms.losses import clipped_surrogate
+from flowrl.batch import Batch
+from flowrl.registry import ALGORITHMS
+from flowrl.sampling.rollout import RolloutSettings
+from flowrl.sampling.sde import kl_same_std, sde_mean_std, sde_step
+
+
+def cond_of(batch: Batch) -> Dict[str, torch.Tensor]:
+    """The conditioning tensors stored in a Batch under 'cond.<name>'."""
+    return {k[5:]: v for k, v in batch.tensors.items() if k.startswith("cond.")}
+
+
+def step_log_prob(policy, batch: Batch, j: int, st: RolloutSettings):
+    """Re-score transition j of the stored trajectories under the current policy. -> StepOut."""
+    x, x_next = batch["latents"][:, j], batch["latents"][:, j + 1]
+    n = x.shape[0]
+    s, s_next = st.sigmas[j].expand(n).to(x.device), st.sigmas[j + 1].expand(n).to(x.device)
+    v = policy.velocity(x, s, cond_of(batch), guidance=st.guidance)
+    return sde_step(x, v, s, s_next, st.noise_level, float(st.sigmas[1]), st.kind, prev_sample=x_next)
+
+
+@ALGORITHMS.register("grpo")
+class GRPO:
+    """Options (config.algorithm): clip_range (epsilon of the ratio clip), beta (KL coefficient),
+    adv_clip_max (|A| bound), std_per_group (normalise by the group's std instead of the global)."""
+
+    needs_log_probs = True
+
+    def __init__(self, clip_range: float = 1e-4, beta: float = 0.01, adv_clip_max: float = 5.0,
+                 std_per_group: bool = False):
+        if clip_range <= 0 or beta < 0 or adv_clip_max <= 0:
+            raise ValueError("algorithm: need clip_range > 0, beta >= 0, adv_clip_max > 0")
+        self.clip_range, self.beta = clip_range, beta
+        self.adv_clip_max, self.std_per_group = adv_clip_max, std_per_group
+
+    def prepare(self, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
+        """Advantages over the GLOBAL batch (all ranks), then this rank's rows. Groups with zero
+        reward spread get weight 0 (kept, so every rank runs the same number of steps)."""
+        adv, zero = group_advantages(gathered["rewards"], gathered["group_ids"], self.std_per_group,
+                                     clip=self.adv_clip_max)
+        batch["advantages"] = adv[rank_slice].to(batch["latents"].device)
+        batch["weights"] = (~zero[rank_slice]).float().to(batch["latents"].device)
+        return {"zero_std_fraction": zero.float().mean().item(), "adv_abs": adv.abs().mean().item()}
+
+    def num_loss_terms(self, num_train_steps: int) -> int:
+        """Backward passes per minibatch (the trainer accumulates them into one optimizer step)."""
+        return num_train_steps
+
+    def loss_terms(self, policy, mb: Batch, st: RolloutSettings) -> Iterator[Tuple[torch.Tensor, Dict]]:
+        """One loss per trained step j (backward per step keeps memory at one forward graph)."""
+        w = mb["weights"]
+        for j in st.train_steps:
+            out = step_log_prob(policy, mb, j, st)
+            pg, ratio, clipped = clipped_surrogate(out.log_prob, mb["log_probs"][:, j],
+                                                   mb["advantages"], self.clip_range, weights=w)
+            loss, metrics = pg, {"policy_loss": pg.item(), "ratio": ratio.mean().item(),
+                                 "clipfrac": clipped.float().mean().item()}
+            if self.beta > 0:
+                kl = self._kl(policy, mb, j, st, out)
+                loss = loss + self.beta * (kl * w).mean()
+                metrics["kl"] = kl.mean().item()
+            yield loss, metrics
+
+    def _kl(self, policy, mb: Batch, j: int, st: RolloutSettings, out) -> torch.Tensor:
+        x = mb["latents"][:, j]
+        n = x.shape[0]
+        s, s_next = st.sigmas[j].expand(n).to(x.device), st.sigmas[j + 1].expand(n).to(x.device)
+        with torch.no_grad(), policy.reference():
+            v_ref = policy.velocity(x, s, cond_of(mb), guidance=st.guidance)
+        mean_ref, _ = sde_mean_std(x, v_ref, s, s_next, st.noise_level, float(st.sigmas[1]), st.kind)
+        return kl_same_std(out.mean, mean_ref, out.std)

@@ -1,0 +1,144 @@
+"""Checkpoints: safetensors + JSON only (nothing that runs code on load), written atomically.
+
+RUN_DIR/checkpoints/step_N/
+    trainable.safetensors   the policy's trainable weights (LoRA or the whole toy MLP)
+    optimizer.safetensors   optimizer state tensors, keyed "<param index>.<name>"
+    ema.safetensors         EMA weights (if train.ema)
+    rng.safetensors         torch CPU (and CUDA) RNG states
+    state.json              epoch, optimizer steps, python/numpy RNG, optimizer hyper-parameters
+    + whatever policy.export() writes (e.g. pytorch_lora_weights.safetensors for diffusers)
+The folder is written as .step_N.tmp and renamed: a killed run never leaves a half checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from flowrl.cache import atomic_save_safetensors
+
+STATE_FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def list_checkpoints(run_dir: Path) -> List[Tuple[int, Path]]:
+    """[(epoch, path)] of complete checkpoints, oldest first."""
+    d = Path(run_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in d.glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))]
+    return sorted(found)
+
+
+def optimizer_to_flat(sd: dict) -> Tuple[Dict[str, torch.Tensor], dict]:
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "scalars": {}}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v
+            else:
+                meta["scalars"][f"{pid}.{k}"] = v
+    return tensors, meta
+
+
+def optimizer_from_flat(tensors: Dict[str, torch.Tensor], meta: dict) -> dict:
+    state: Dict[int, dict] = {}
+    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> Tuple[Dict[str, torch.Tensor], dict]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    np_state = np.random.get_state()
+    meta = {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: Dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    v, st, gauss = meta["python"]
+    random.setstate((v, tuple(st), gauss))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+
+
+def save_checkpoint(run_dir: Path, epoch: int, policy, optimizer, ema=None, extra: dict = None,
+                    keep_last: int = 0) -> Path:
+    """Write checkpoints/step_<epoch> atomically; then prune to the last `keep_last` (0 = keep all)."""
+    root = Path(run_dir) / "checkpoints"
+    final, tmp = root / f"step_{epoch}", root / f".step_{epoch}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    atomic_save_safetensors(policy.trainable_state_dict(), tmp / "trainable.safetensors")
+    opt_tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
+    atomic_save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
+    if ema is not None:
+        atomic_save_safetensors(ema.state_dict(), tmp / "ema.safetensors")
+    rng_tensors, rng_meta = rng_state()
+    atomic_save_safetensors(rng_tensors, tmp / "rng.safetensors")
+    policy.export(tmp)
+    state = {"epoch": epoch, "optimizer": opt_meta, "rng": rng_meta, **(extra or {})}
+    (tmp / "state.json").write_text(json.dumps(state))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if keep_last > 0:
+        for _, old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, policy, optimizer, ema=None) -> dict:
+    """Restore weights, optimizer, EMA and RNG from `path`; returns state.json's dict.
+    Raises CheckpointError saying which file is missing or unreadable."""
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    missing = [f for f in STATE_FILES if not (path / f).exists()]
+    if ema is not None and not (path / "ema.safetensors").exists():
+        missing.append("ema.safetensors")
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing}; delete it to resume "
+                              f"from the previous one")
+    try:
+        state = json.loads((path / "state.json").read_text())
+        weights = load_file(path / "trainable.safetensors")
+        opt = optimizer_from_flat(load_file(path / "optimizer.safetensors"), state["optimizer"])
+        rng = load_file(path / "rng.safetensors")
+        ema_state = load_file(path / "ema.safetensors") if ema is not None else None
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {e}); delete it to "
+                              f"resume from the previous one") from None
+    try:
+        policy.load_trainable_state_dict(weights)
+        optimizer.load_state_dict(opt)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer: {e}") from None
+    if ema is not None:
+        ema.load_state_dict(ema_state)
+    set_rng_state(rng, state["rng"])
+    return state
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None

@@ -1,0 +1,49 @@
+"""Prompt datasets: text files (one prompt a line), JSONL files ({"prompt": ..., any metadata}), the
+small sets shipped in flowrl/data/prompts/, or "" for an unconditional model (one empty prompt)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List
+
+SHIPPED = Path(__file__).parent / "prompts"
+
+
+@dataclass
+class PromptSet:
+    prompts: List[str]
+    metadata: List[Dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.metadata:
+            self.metadata = [{} for _ in self.prompts]
+        if not self.prompts:
+            raise ValueError("prompt set is empty")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def load_prompts(spec: str) -> PromptSet:
+    """'' -> unconditional; a path (.txt/.jsonl); or the name of a shipped set (e.g. 'ocr/train')."""
+    if spec == "":
+        return PromptSet([""])
+    path = Path(spec)
+    if not path.exists():
+        for cand in (SHIPPED / spec, SHIPPED / f"{spec}.txt", SHIPPED / f"{spec}.jsonl"):
+            if cand.exists():
+                path = cand
+                break
+        else:
+            names = sorted(str(p.relative_to(SHIPPED).with_suffix("")) for p in SHIPPED.rglob("*.*"))
+            raise FileNotFoundError(f"prompt dataset {spec!r} not found: give a .txt/.jsonl path or one of "
+                                    f"the shipped sets {names}")
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        bad = [i for i, r in enumerate(rows) if "prompt" not in r]
+        if bad:
+            raise ValueError(f"{path}: lines {bad[:5]} have no 'prompt' field")
+        return PromptSet([r["prompt"] for r in rows], [{k: v for k, v in r.items() if k != "prompt"}
+                                                        for r in rows])
+    return PromptSet([line.strip() for line in path.read_text().splitlines() if line.strip()])

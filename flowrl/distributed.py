@@ -1,0 +1,27 @@
+"""Accelerate setup: one Accelerator for every launch (CPU, one GPU, DDP, DeepSpeed)."""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+
+def build_accelerator(config, gradient_accumulation_steps: int, run_dir=None):
+    """`gradient_accumulation_steps` counts backward passes per optimizer step (minibatches x
+    trained timesteps). On CPU, process groups use gloo."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+    import torch
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    kwargs = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=30))] if distributed else []
+    log_with = None
+    if config.logging.wandb:
+        os.environ.setdefault("WANDB_MODE", "offline" if not os.environ.get("WANDB_API_KEY") else "online")
+        log_with = "wandb"
+    acc = Accelerator(mixed_precision=config.mixed_precision, log_with=log_with,
+                      gradient_accumulation_steps=gradient_accumulation_steps, kwargs_handlers=kwargs)
+    if log_with:
+        init = {"wandb": {"dir": str(run_dir), "name": os.path.basename(str(run_dir))}} if run_dir else {}
+        acc.init_trackers(config.logging.project, config=config.to_dict(), init_kwargs=init)
+    return acc

@@ -1,0 +1,69 @@
+"""Evaluation: ODE samples from FIXED noise and prompts (comparable across checkpoints), scored.
+
+2-D samples are saved as RUN_DIR/eval/<tag>.npz (key `x`, (N, 2)); images as
+RUN_DIR/eval/<tag>/<index>.png with prompts.jsonl, each rank writing its own samples.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+
+from flowrl.batch import Batch
+from flowrl.sampling.rollout import ode_sample
+
+
+def eval_indices(num_samples: int, rank: int, world_size: int) -> torch.Tensor:
+    n = num_samples // world_size
+    return torch.arange(rank * n, (rank + 1) * n)
+
+
+def eval_noise(indices: torch.Tensor, shape, seed: int) -> torch.Tensor:
+    """Noise for global eval indices, identical whatever the number of processes. -> (n, *shape)."""
+    total = int(indices.max()) + 1 if len(indices) else 0
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((total, *shape), generator=g)[indices]
+
+
+@torch.no_grad()
+def evaluate(policy, reward_fn, prompt_set, indices: torch.Tensor, num_steps: int, guidance: float,
+             batch_size: int, seed: int, device) -> Batch:
+    """ODE-sample and score this rank's eval indices. -> Batch(samples, rewards, index; prompts)."""
+    noise = eval_noise(indices, policy.sample_shape, seed)
+    sigmas = policy.sigmas(num_steps)
+    out = []
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start:start + batch_size]
+        prompts = [prompt_set.prompts[i % len(prompt_set)] for i in idx.tolist()]
+        meta = [prompt_set.metadata[i % len(prompt_set)] for i in idx.tolist()]
+        cond = policy.encode(prompts)
+        x = ode_sample(lambda z, s: policy.velocity(z, s, cond, guidance=guidance),
+                       noise[start:start + batch_size].to(device), sigmas)
+        samples = policy.decode(x).float()
+        total, _ = reward_fn(samples, prompts, meta)
+        out.append(Batch({"samples": samples.cpu(), "rewards": total, "index": idx}, {"prompts": prompts}))
+    return Batch.cat(out)
+
+
+def save_eval(run_dir: Path, tag: str, local: Batch, gathered: Dict[str, torch.Tensor], prompt_set,
+              is_main: bool) -> None:
+    """2-D: main saves eval/<tag>.npz. Images: every rank saves its PNGs, main writes prompts.jsonl."""
+    d = Path(run_dir) / "eval"
+    if local["samples"].ndim == 2:
+        if is_main:
+            d.mkdir(parents=True, exist_ok=True)
+            np.savez(d / f"{tag}.npz", x=gathered["samples"].numpy(), reward=gathered["rewards"].numpy())
+        return
+    from PIL import Image
+    out = d / tag
+    out.mkdir(parents=True, exist_ok=True)
+    for img, i in zip(local["samples"], local["index"].tolist()):
+        arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(arr).save(out / f"{i:05d}.png")
+    if is_main:
+        rows = [{"index": i, "image": f"{i:05d}.png", "prompt": prompt_set.prompts[i % len(prompt_set)],
+                 "reward": float(r)} for i, r in zip(gathered["index"].tolist(), gathered["rewards"].tolist())]
+        (out / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

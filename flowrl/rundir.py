@@ -1,0 +1,67 @@
+"""The run directory: config.yaml, metrics.jsonl, summary.json, eval/, checkpoints/."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+from flowrl.config import ConfigError, resume_conflicts
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(run_dir: Path, config, resume: bool) -> None:
+    """New run: the folder must not hold a run already. Resume: it must, with the same config
+    (up to keys in flowrl.config.RESUMABLE_CHANGES). Raises ConfigError; changes nothing then."""
+    import yaml
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    if resume:
+        if not saved.exists():
+            raise ConfigError(f"--resume: {run_dir} holds no run (no config.yaml); drop --resume to "
+                              f"start a new run there, or pass the run's --output-dir")
+        conflicts = resume_conflicts(yaml.safe_load(saved.read_text()), config.to_dict())
+        if conflicts:
+            raise ConfigError(f"--resume: {run_dir} belongs to another config; differing keys:\n  "
+                              + "\n  ".join(conflicts) + "\nUse the run's own --config/--set, or "
+                              "another --output-dir")
+    elif saved.exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose "
+                          f"another --output-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, yaml.safe_dump(config.to_dict(), sort_keys=True))
+
+
+class MetricsLog:
+    """Appends one JSON line per epoch to metrics.jsonl (main process only)."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.path, self.enabled = Path(run_dir) / "metrics.jsonl", enabled
+
+    def truncate_after(self, epoch: int) -> None:
+        """On resume: drop lines written after the checkpoint, so the log matches an unbroken run."""
+        if self.enabled and self.path.exists():
+            keep = [l for l in self.path.read_text().splitlines() if l and json.loads(l)["epoch"] <= epoch]
+            atomic_write_text(self.path, "".join(l + "\n" for l in keep))
+
+    def write(self, row: Dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def read(self) -> List[Dict]:
+        return read_metrics(self.path.parent)
+
+
+def read_metrics(run_dir: Path) -> List[Dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines() if l] if path.exists() else []

@@ -1,0 +1,261 @@
+"""THE training loop: rollout -> reward (per rank) -> gather -> algorithm.prepare -> update -> eval/ckpt.
+
+Nothing here knows which base model, algorithm or reward runs: they come from the registries.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from flowrl.batch import Batch
+from flowrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from flowrl.config import plan_batches
+from flowrl.data.prompts import load_prompts
+from flowrl.data.sampler import epoch_assignment, mix_seed
+from flowrl.evaluation import eval_indices, evaluate, save_eval
+from flowrl.protocols import Runtime
+from flowrl.registry import ALGORITHMS, POLICIES
+from flowrl.rewards import build_reward
+from flowrl.rundir import MetricsLog, atomic_write_text, prepare_run_dir
+from flowrl.sampling.rollout import RolloutSettings, rollout
+from flowrl.sampling.schedule import step_masks
+
+
+def options(section) -> dict:
+    d = section.to_dict()
+    d.pop("name", None)
+    return d
+
+
+class Trainer:
+    def __init__(self, config, run_dir: Path, resume: bool = False, accelerator=None):
+        from flowrl.distributed import build_accelerator
+        self.c, self.run_dir = config, Path(run_dir)
+        self.algorithm = ALGORITHMS.build(config.algorithm.name, **options(config.algorithm))
+        s = config.sample
+        _, train_mask = step_masks(s.num_steps, s.timestep_fraction, s.sde_window_size, 0)
+        terms = self.algorithm.num_loss_terms(int(train_mask.sum()))
+        self.acc = accelerator or build_accelerator(
+            config, terms * config.train.gradient_accumulation_steps, self.run_dir)
+        self.plan = plan_batches(config, self.acc.num_processes)   # raises before any model loads
+        self.is_main = self.acc.is_main_process
+        if self.is_main:
+            prepare_run_dir(self.run_dir, config, resume)
+        self.acc.wait_for_everyone()
+        self.log = MetricsLog(self.run_dir, self.is_main)
+        self.print(f"batch plan: {self.plan.describe()}")
+        self._build_components()
+        self.start_epoch, self.opt_steps, self.reward_before = 0, 0, None
+        if resume:
+            self._resume()
+
+    def print(self, msg: str) -> None:
+        if self.is_main:
+            print(f"[flowrl] {msg}", flush=True)
+
+    def _build_components(self) -> None:
+        from flowrl.cache import cache_dir
+        c, acc = self.c, self.acc
+        dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[c.mixed_precision]
+        runtime = Runtime(acc.device, dtype, cache_dir(), c.seed)
+        with acc.main_process_first():   # the main process trains/caches base models first
+            self.policy = POLICIES.build(c.model.name, runtime, **options(c.model))
+            self.reward = build_reward(c.reward.weights.to_dict(), c.reward.options.to_dict(), acc.device)
+        self.prompts = load_prompts(c.prompts.dataset)
+        self.test_prompts = load_prompts(c.prompts.test_dataset or c.prompts.dataset)
+        params = [p for p in self.policy.net.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"policy {c.model.name!r} has no trainable parameters")
+        self.params = params
+        opt = torch.optim.AdamW(params, lr=c.train.lr, betas=(c.train.adam_beta1, c.train.adam_beta2),
+                                weight_decay=c.train.adam_weight_decay, eps=c.train.adam_epsilon)
+        self.policy.model, self.optimizer = acc.prepare(self.policy.net, opt)
+        self.ema = None
+        if c.train.ema:
+            from flowrl.ema import EMA
+            self.ema = EMA(params, c.train.ema_decay, c.train.ema_every)
+        self.print(f"policy {c.model.name}: {sum(p.numel() for p in params):,} trainable parameters")
+
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"--resume: {self.run_dir / 'checkpoints'} has no checkpoint yet; "
+                                    f"start the run again without --resume (and another --output-dir)")
+        state = load_checkpoint(ckpt, self.policy, self.optimizer, self.ema)
+        self.start_epoch, self.opt_steps = state["epoch"], state["optimizer_steps"]
+        self.reward_before = state.get("reward_before")
+        self.log.truncate_after(self.start_epoch)
+        self.print(f"resumed from {ckpt} (epoch {self.start_epoch})")
+
+    # ------------------------------------------------------------------ sampling
+    def step_settings(self, epoch: int) -> RolloutSettings:
+        s = self.c.sample
+        start = s.sde_window_start
+        if s.sde_window_size > 0 and start < 0:   # random window, the same on every rank
+            g = torch.Generator().manual_seed(mix_seed(self.c.seed, epoch, 11))
+            start = int(torch.randint(s.num_steps - s.sde_window_size + 1, (1,), generator=g))
+        sde, train = step_masks(s.num_steps, s.timestep_fraction, s.sde_window_size, max(start, 0))
+        guidance = s.guidance_scale if self.c.train.cfg else 1.0
+        return RolloutSettings(self.policy.sigmas(s.num_steps), sde, train, s.noise_level, s.kind, guidance)
+
+    def initial_noise(self, n: int, group_ids: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
+        shape = self.policy.sample_shape
+        if self.c.sample.same_latent:
+            return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
+                mix_seed(self.c.seed, int(gid), 3))) for gid in group_ids])
+        g = torch.Generator().manual_seed(mix_seed(self.c.seed, epoch, self.acc.process_index, b, 5))
+        return torch.randn((n, *shape), generator=g)
+
+    @torch.no_grad()
+    def collect(self, epoch: int, st) -> Batch:
+        """This rank's rollouts and rewards for one epoch. Rewards are computed here, locally."""
+        c, acc = self.c, self.acc
+        prompt_idx, group_ids = epoch_assignment(len(self.prompts), self.plan.groups_per_epoch,
+                                                 c.sample.group_size, acc.num_processes,
+                                                 acc.process_index, c.seed, epoch)
+        batches, B = [], c.sample.batch_size
+        for b in range(c.sample.num_batches_per_epoch):
+            pidx, gids = prompt_idx[b * B:(b + 1) * B], group_ids[b * B:(b + 1) * B]
+            prompts = [self.prompts.prompts[i] for i in pidx.tolist()]
+            meta = [self.prompts.metadata[i] for i in pidx.tolist()]
+            cond = self.policy.encode(prompts)
+            noise = self.initial_noise(len(pidx), gids, epoch, b).to(acc.device)
+            gen = torch.Generator().manual_seed(mix_seed(c.seed, epoch, acc.process_index, b, 9))
+            traj = rollout(lambda x, s: self.policy.velocity(x, s, cond, guidance=c.sample.guidance_scale),
+                           noise, st.sigmas, st.sde_mask, st.noise_level, st.kind, gen)
+            total, parts = self.reward(self.policy.decode(traj.final), prompts, meta)
+            tensors = {"latents": traj.latents, "log_probs": traj.log_probs, "rewards": total,
+                       "prompt_ids": pidx, "group_ids": gids,
+                       **{f"reward.{k}": v for k, v in parts.items()},
+                       **{f"cond.{k}": v for k, v in cond.items()}}
+            batches.append(Batch(tensors, {"prompts": prompts, "metadata": meta}))
+        return Batch.cat(batches)
+
+    def gather(self, batch: Batch) -> Batch:
+        keys = ["rewards", "prompt_ids", "group_ids"] + [k for k in batch.tensors if k.startswith("reward.")]
+        return Batch({k: self.acc.gather(batch[k].to(self.acc.device)).cpu() for k in keys})
+
+    # ------------------------------------------------------------------ training
+    def optimize(self, batch: Batch, st, epoch: int) -> Dict[str, float]:
+        c, acc = self.c, self.acc
+        sums, count = defaultdict(float), 0
+        self.policy.net.train()
+        for inner in range(c.train.num_inner_epochs):
+            g = torch.Generator().manual_seed(mix_seed(c.seed, epoch, acc.process_index, inner, 13))
+            shuffled = batch.select(torch.randperm(len(batch), generator=g))
+            for mb in shuffled.split(c.train.batch_size):
+                mb = mb.to(acc.device)
+                for loss, metrics in self.algorithm.loss_terms(self.policy, mb, st):
+                    with acc.accumulate(self.policy.model):
+                        acc.backward(loss)
+                        if acc.sync_gradients:
+                            norm = acc.clip_grad_norm_(self.params, c.train.max_grad_norm)
+                            sums["grad_norm"] += float(norm)
+                            self.opt_steps += 1
+                            if self.ema is not None:
+                                self.ema.step(self.opt_steps)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    for k, v in metrics.items():
+                        sums[k] += v
+                    count += 1
+        steps = max(1, self.plan.optimizer_steps_per_epoch)
+        out = {k: v / (steps if k == "grad_norm" else max(count, 1)) for k, v in sums.items()}
+        out["optimizer_steps"] = self.opt_steps
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, tag: str) -> float:
+        """Mean reward of the fixed eval set (ODE, EMA weights if any); saves the samples."""
+        c, acc = self.c, self.acc
+        idx = eval_indices(c.eval.num_samples, acc.process_index, acc.num_processes)
+        self.policy.net.eval()
+        ctx = self.ema.applied() if (self.ema is not None and tag != "base") else _nullcontext()
+        with ctx:
+            local = evaluate(self.policy, self.reward, self.test_prompts, idx, c.sample.eval_num_steps,
+                             c.sample.guidance_scale, c.eval.batch_size, c.eval.seed, acc.device)
+        keys = ["rewards", "index"] + (["samples"] if local["samples"].ndim == 2 else [])
+        gathered = {k: acc.gather(local[k].to(acc.device)).cpu() for k in keys}
+        save_eval(self.run_dir, tag, local, gathered, self.test_prompts, self.is_main)
+        return float(gathered["rewards"].mean())
+
+    def save(self, epoch: int) -> None:
+        self.acc.wait_for_everyone()
+        if self.is_main:
+            extra = {"optimizer_steps": self.opt_steps, "reward_before": self.reward_before}
+            save_checkpoint(self.run_dir, epoch, self.policy, self.optimizer, self.ema, extra,
+                            self.c.checkpoint.keep_last)
+        self.acc.wait_for_everyone()
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> Dict:
+        c, t0 = self.c, time.time()
+        if self.reward_before is None:
+            self.reward_before = self.evaluate("base")
+            self.log.write({"epoch": 0, "eval_reward": self.reward_before})
+            self.print(f"base model: eval reward {self.reward_before:.4f}")
+        bar = _progress(self.start_epoch, c.num_epochs, self.is_main and c.logging.progress)
+        for epoch in range(self.start_epoch, c.num_epochs):
+            row = self.epoch(epoch)
+            done = epoch + 1
+            if c.eval.every and done % c.eval.every == 0 and done < c.num_epochs:
+                row["eval_reward"] = self.evaluate(f"step_{done}")
+            if done == c.num_epochs:
+                row["eval_reward"] = self.evaluate("final")
+            self.log.write(row)
+            self.acc.log({k: v for k, v in row.items() if k != "epoch"}, step=done)
+            if (c.checkpoint.every and done % c.checkpoint.every == 0) or done == c.num_epochs:
+                self.save(done)
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row.get('kl', 0.0):.2e}")
+        bar.close()
+        return self.finish(t0)
+
+    def epoch(self, epoch: int) -> Dict:
+        t0 = time.time()
+        st = self.step_settings(epoch)
+        self.policy.net.eval()
+        batch = self.collect(epoch, st)
+        t1 = time.time()
+        gathered = self.gather(batch)
+        row = {"epoch": epoch + 1, "reward_mean": float(gathered["rewards"].mean()),
+               "reward_std": float(gathered["rewards"].std())}
+        row.update({f"{k}_mean": float(v.mean()) for k, v in gathered.tensors.items() if k.startswith("reward.")})
+        n = len(batch)
+        rank_slice = slice(self.acc.process_index * n, (self.acc.process_index + 1) * n)
+        row.update(self.algorithm.prepare(batch, gathered, rank_slice))
+        row.update(self.optimize(batch, st, epoch))
+        row.update(time_sample=t1 - t0, time_train=time.time() - t1)
+        return row
+
+    def finish(self, t0: float) -> Dict:
+        rows = self.log.read() if self.is_main else []
+        summary = {"reward_before": self.reward_before,
+                   "reward_after": next((r["eval_reward"] for r in reversed(rows) if "eval_reward" in r), None),
+                   "steps": self.c.num_epochs, "optimizer_steps": self.opt_steps,
+                   "wall_seconds": time.time() - t0, "num_processes": self.acc.num_processes,
+                   "config": self.c.to_dict()}
+        if self.is_main:
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+            self.print(f"reward {summary['reward_before']:.4f} -> {summary['reward_after']:.4f} "
+                       f"in {summary['wall_seconds']:.1f} s; run dir {self.run_dir}")
+        self.acc.end_training()
+        return summary
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _progress(start: int, total: int, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=start, disable=not enabled, desc="epochs", dynamic_ncols=True)
