@@ -22,10 +22,11 @@ def eval_indices(num_samples: int, rank: int, world_size: int) -> torch.Tensor:
 
 
 def eval_noise(indices: torch.Tensor, shape, seed: int) -> torch.Tensor:
-    """Noise for global eval indices, identical whatever the number of processes. -> (n, *shape)."""
-    total = int(indices.max()) + 1 if len(indices) else 0
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn((total, *shape), generator=g)[indices]
+    """Noise for global eval indices, one generator per index, so sample i gets the same noise
+    whatever the number of processes or the batch size. -> (n, *shape)."""
+    from flowrl.data.sampler import mix_seed
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(mix_seed(seed, int(i))))
+                        for i in indices]) if len(indices) else torch.zeros((0, *shape))
 
 
 @torch.no_grad()

@@ -65,7 +65,7 @@ class Registry:
 
 
 # Modules holding the built-in entries; a new base model / method / reward family adds one line here.
-POLICIES = Registry("policy", ["flowrl.policies.toy2d"])
+POLICIES = Registry("policy", ["flowrl.policies.toy2d", "flowrl.policies.sd3"])
 ALGORITHMS = Registry("algorithm", ["flowrl.algorithms.grpo"])
 REWARDS = Registry("reward", ["flowrl.rewards.toy", "flowrl.rewards.jpeg", "flowrl.rewards.ocr",
                               "flowrl.rewards.clip"])

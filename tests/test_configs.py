@@ -1,0 +1,56 @@
+"""Every named experiment of every config file builds, and bad overrides fail with the fix."""
+import pytest
+
+from flowrl.config import ConfigError, config_dirs, load_config, plan_batches, sibling
+
+CONFIG_DIR = config_dirs()[0]
+NAMED = [(f.name, name) for f in sorted(CONFIG_DIR.glob("*.py")) if f.name != "base.py"
+         for name in sibling(str(f), f.stem).EXPERIMENTS]
+
+
+@pytest.mark.parametrize("file,name", NAMED)
+def test_every_named_config_builds_and_its_batches_divide(file, name):
+    cfg = load_config(f"{file}:{name}")
+    assert cfg.model.name and cfg.algorithm.name and dict(cfg.reward.weights)
+    # each experiment must fit on the process counts it documents (1 unless it says otherwise)
+    procs = cfg.get("num_processes_hint", 1) if "num_processes_hint" in cfg else 1
+    plan_batches(cfg, procs)
+
+
+def test_unknown_key_says_did_you_mean():
+    with pytest.raises(ConfigError, match='unknown config key .lrr.*Did you mean "lr"'):
+        load_config("grpo.py:moons", ["train.lrr=1e-4"])
+
+
+def test_wrong_type_is_refused():
+    with pytest.raises(ConfigError, match="train.lr=abc"):
+        load_config("grpo.py:moons", ["train.lr=abc"])
+
+
+def test_typed_override_applies():
+    cfg = load_config("grpo.py:moons", ["train.lr=2e-3", "sample.same_latent=True"])
+    assert cfg.train.lr == 2e-3 and cfg.sample.same_latent is True
+
+
+@pytest.mark.parametrize("override,msg", [
+    ("sample.group_size=100", "not divisible by sample.group_size"),
+    ("train.batch_size=100", "train.batch_size \\(100\\) must divide"),
+    ("train.gradient_accumulation_steps=3", "gradient_accumulation_steps \\(3\\) must divide"),
+    ("eval.num_samples=1001", None),
+])
+def test_indivisible_batches_name_the_numbers(override, msg):
+    cfg = load_config("grpo.py:moons", [override])
+    if msg is None:
+        plan_batches(cfg, 1)
+        with pytest.raises(ConfigError, match="eval.num_samples"):
+            plan_batches(cfg, 2)
+    else:
+        with pytest.raises(ConfigError, match=msg):
+            plan_batches(cfg, 1)
+
+
+def test_unknown_experiment_and_file():
+    with pytest.raises(ConfigError, match="known"):
+        load_config("grpo.py:nope")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("nope.py:moons")

@@ -1,0 +1,115 @@
+"""The one loop on the 2-D flow: it learns, resumes exactly, and refuses bad input."""
+import json
+
+import pytest
+import torch
+
+from flowrl.checkpoint import CheckpointError, list_checkpoints
+from flowrl.config import ConfigError, load_config
+from flowrl.registry import REWARDS
+from flowrl.trainer import Trainer
+
+FAST = ["model.base_iters=300", "sample.batch_size=64", "sample.num_batches_per_epoch=2",
+        "sample.group_size=128", "train.batch_size=64", "eval.num_samples=200", "eval.batch_size=200",
+        "sample.eval_num_steps=10", "logging.progress=False"]
+
+
+def fast_config(*extra):
+    return load_config("grpo.py:moons", FAST + list(extra))
+
+
+def rows(run_dir, drop_time=True):
+    out = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not (drop_time and k.startswith("time_"))} for r in out]
+
+
+def test_reward_rises_and_parameters_change(tmp_path):
+    cfg = fast_config("num_epochs=6", "eval.every=0", "checkpoint.every=0")
+    trainer = Trainer(cfg, tmp_path / "run")
+    before = {k: v.clone() for k, v in trainer.policy.net.state_dict().items()}
+    summary = trainer.train()
+    after = trainer.policy.net.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert summary["reward_after"] > summary["reward_before"] + 0.2
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert {"reward_before", "reward_after", "steps", "wall_seconds"} <= set(s)
+    assert (tmp_path / "run" / "eval" / "final.npz").exists() and (tmp_path / "run" / "eval" / "base.npz").exists()
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_metrics(tmp_path, monkeypatch):
+    extra = ["num_epochs=4", "checkpoint.every=2", "eval.every=1"]
+    Trainer(fast_config(*extra), tmp_path / "full").train()
+
+    crashed = Trainer(fast_config(*extra), tmp_path / "crash")
+    real_epoch = Trainer.epoch
+
+    def dying_epoch(self, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt("killed")
+        return real_epoch(self, epoch)
+    monkeypatch.setattr(Trainer, "epoch", dying_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.train()
+    monkeypatch.setattr(Trainer, "epoch", real_epoch)
+    assert [e for e, _ in list_checkpoints(tmp_path / "crash")] == [2]
+
+    Trainer(fast_config(*extra), tmp_path / "crash", resume=True).train()
+    assert rows(tmp_path / "crash") == rows(tmp_path / "full")
+
+
+def test_run_dir_of_another_config_is_refused_and_left_alone(tmp_path):
+    Trainer(fast_config("num_epochs=1"), tmp_path / "run").train()
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        Trainer(fast_config("num_epochs=1"), tmp_path / "run")
+    with pytest.raises(ConfigError, match="train.lr"):
+        Trainer(fast_config("num_epochs=2", "train.lr=0.5"), tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved
+
+
+def test_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path):
+    cfg = fast_config("num_epochs=2", "checkpoint.every=1")
+    Trainer(cfg, tmp_path / "run").train()
+    (tmp_path / "run" / "checkpoints" / "step_2" / "trainable.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        Trainer(cfg, tmp_path / "run", resume=True)
+    (tmp_path / "run" / "checkpoints" / "step_2" / "optimizer.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing.*optimizer"):
+        Trainer(cfg, tmp_path / "run", resume=True)
+    with pytest.raises(ConfigError, match="no config.yaml"):
+        Trainer(cfg, tmp_path / "elsewhere", resume=True)
+
+
+@REWARDS.register("test_nan_after_base", domain="2d")
+def _nan_reward(device):
+    calls = {"n": 0}
+
+    def fn(samples, prompts, metadata):
+        calls["n"] += 1
+        r = torch.zeros(len(samples))
+        if calls["n"] > 1:          # the base evaluation passes, the first training batch is NaN
+            r[3] = float("nan")
+        return r
+    return fn
+
+
+def test_nan_reward_fails_naming_the_reward_and_writes_no_checkpoint(tmp_path):
+    cfg = load_config("grpo.py:moons", FAST + ["num_epochs=2", "checkpoint.every=1"])
+    with cfg.unlocked():
+        cfg.reward.weights = {"test_nan_after_base": 1.0}
+    with pytest.raises(ValueError, match="test_nan_after_base.*NaN"):
+        Trainer(cfg, tmp_path / "run").train()
+    assert list_checkpoints(tmp_path / "run") == []
+
+
+def test_indivisible_batches_fail_before_any_model_loads(tmp_path):
+    with pytest.raises(ConfigError, match="sample.group_size"):
+        Trainer(fast_config("sample.group_size=100"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_noise_does_not_depend_on_the_process_split():
+    from flowrl.evaluation import eval_indices, eval_noise
+    whole = eval_noise(eval_indices(10, 0, 1), (3,), seed=5)
+    halves = torch.cat([eval_noise(eval_indices(10, r, 2), (3,), seed=5) for r in range(2)])
+    assert torch.equal(whole, halves)
