@@ -34,7 +34,7 @@ setup(
     extras_require={
         "ocr": ["rapidocr-onnxruntime>=1.3"],
         "deepspeed": ["deepspeed"],
-        "dev": ["pytest", "vendi-score>=0.0.3", "rke-score>=0.0.7", "rapidocr-onnxruntime>=1.3"],
+        "dev": ["pytest", "vendi-score>=0.0.3", "rke-score>=0.0.7", "rapidocr-onnxruntime>=1.3", "deepspeed"],
     },
     entry_points={"console_scripts": ["flowrl=flowrl.cli:main"]},
 )

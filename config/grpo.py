@@ -42,7 +42,177 @@ def moons_fidelity():
     return c
 
 
-EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity}
+# ------------------------------------------------------------------------------------ SD3 + LoRA
+# Flow-GRPO's LoRA targets for SD3 (joint attention, image and text streams), r 32 / alpha 64.
+SD3_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+                    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
+
+
+def tiny_sd3():
+    """Smoke test of the SD3 path on a CPU: the tiny RANDOM SD3 pipeline (model.path "" builds it in
+    the flowrl cache on first use, ~5 s), 64 px images, JPEG compressibility, CFG 4.5 in sampling and
+    training. One process: 2 batches of 8 = 16 samples = 4 prompts x 4 per epoch, 6 SDE steps (all
+    trained), 2 optimizer steps per epoch, evaluation (8 images, 8 ODE steps) every 2 epochs; 4 epochs
+    take ~15 s on 2 cores. The model is random: do not expect the reward to rise."""
+    c = base.get_config()
+    c.model = ml_collections.ConfigDict({
+        "name": "sd3", "path": "", "lora_rank": 8, "lora_alpha": 16, "lora_targets": SD3_LORA_TARGETS,
+        "resolution": 64, "max_sequence_length": 32, "gradient_checkpointing": False})
+    c.prompts.dataset, c.prompts.test_dataset = "animals/train", "animals/test"
+    c.num_epochs = 4
+    c.sample.num_steps = 6
+    c.sample.eval_num_steps = 8
+    c.sample.guidance_scale = 4.5
+    c.sample.batch_size = 8
+    c.sample.num_batches_per_epoch = 2
+    c.sample.group_size = 4
+    c.sample.timestep_fraction = 1.0
+    c.train.batch_size = 8
+    c.train.gradient_accumulation_steps = 1
+    c.train.lr = 1e-3
+    c.algorithm.clip_range = 1e-4
+    c.algorithm.beta = 0.01
+    c.reward.weights = ml_collections.ConfigDict({"jpeg_compressibility": 1.0})
+    c.eval.every = 2
+    c.eval.num_samples = 8
+    c.eval.batch_size = 8
+    c.checkpoint.every = 0              # the end is always saved
+    return c
+
+
+def tiny_sd3_ocr():
+    """tiny_sd3 with Flow-GRPO's OCR reward on the shipped OCR prompts (needs rapidocr-onnxruntime);
+    a random model renders no text, so rewards stay ~0: this checks the plumbing only."""
+    c = tiny_sd3()
+    c.prompts.dataset, c.prompts.test_dataset = "ocr/train", "ocr/test"
+    c.reward.weights = ml_collections.ConfigDict({"ocr": 1.0})
+    return c
+
+
+def pickscore():
+    """Flow-GRPO on SD3.5-medium with PickScore (yifan123/flow_grpo config `pickscore_sd3`).
+
+    Needs the models in the LOCAL Hugging Face cache (flowrl never downloads): stabilityai/
+    stable-diffusion-3.5-medium, yuvalkirstain/PickScore_v1 and laion/CLIP-ViT-H-14-laion2B-s32B-b79K
+    (`hf download NAME`), or local folders via --set model.path=... / reward.options.pickscore.path=...
+    The shipped prompt sets are small samples: point prompts.dataset / test_dataset at Flow-GRPO's
+    dataset/pickscore/{train,test}.txt for the real run.
+
+    Batch arithmetic (sample.batch_size is PER GPU, group_size GLOBAL), written for 8 GPUs:
+      per epoch 8 GPUs x 9 x 16 batches = 1152 samples = 48 prompts x 24 images (as Flow-GRPO);
+      train: 144 samples per GPU = 16 minibatches of 9; accumulation 8 -> 2 optimizer steps per epoch,
+      each over 8 minibatches x the trained SDE steps.
+      32 GPUs (Flow-GRPO's setup): --set sample.num_batches_per_epoch=4 train.gradient_accumulation_steps=2
+      1 GPU as written: 144 samples = 6 groups of 24 per epoch, 2 optimizer steps.
+    """
+    c = base.get_config()
+    c.mixed_precision = "fp16"          # Flow-GRPO's default; fp16 gives a smaller log-prob error than bf16
+    c.model = ml_collections.ConfigDict({
+        "name": "sd3", "path": "stabilityai/stable-diffusion-3.5-medium", "lora_rank": 32,
+        "lora_alpha": 64, "lora_targets": SD3_LORA_TARGETS, "resolution": 512,
+        "max_sequence_length": 128, "gradient_checkpointing": False})
+    c.prompts.dataset, c.prompts.test_dataset = "pickscore/train", "pickscore/test"
+    c.num_epochs = 1000                 # Flow-GRPO runs until stopped; ~1000 epochs reach PickScore ~23.5/26
+    c.sample.num_steps = 10
+    c.sample.eval_num_steps = 40
+    c.sample.guidance_scale = 4.5       # CFG in sampling AND in training (train.cfg)
+    c.sample.noise_level = 0.7
+    c.sample.kind = "sde"
+    c.sample.batch_size = 9
+    c.sample.num_batches_per_epoch = 16
+    c.sample.group_size = 24
+    # Flow-GRPO trains int(10 * 0.99) = 9 steps (the last, sigma -> 0, is skipped): see step_masks.
+    c.sample.timestep_fraction = 0.99
+    c.sample.same_latent = False
+    c.train.batch_size = 9
+    c.train.gradient_accumulation_steps = 8
+    c.train.num_inner_epochs = 1
+    c.train.lr = 3e-4
+    c.train.adam_weight_decay = 1e-4
+    c.train.max_grad_norm = 1.0
+    c.train.cfg = True
+    c.train.ema, c.train.ema_decay, c.train.ema_every = True, 0.9, 8
+    c.algorithm = ml_collections.ConfigDict({"name": "grpo", "clip_range": 1e-4, "beta": 0.01,
+                                             "adv_clip_max": 5.0, "std_per_group": False})
+    c.reward.weights = ml_collections.ConfigDict({"pickscore": 1.0})
+    c.reward.options = ml_collections.ConfigDict({"pickscore": {
+        "path": "yuvalkirstain/PickScore_v1", "processor_path": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}})
+    c.eval.every = 60                   # Flow-GRPO: eval_freq = save_freq = 60 epochs
+    c.eval.num_samples = 64             # GLOBAL; divisible by 1, 2, 4, 8, 16, 32 GPUs
+    c.eval.batch_size = 16              # per GPU (Flow-GRPO's test_batch_size)
+    c.checkpoint.every = 60
+    c.checkpoint.keep_last = 5
+    return c
+
+
+def pickscore_fast():
+    """Flow-GRPO-Fast (config `pickscore_sd3_fast`): ODE everywhere except a random 2-step SDE window,
+    trained alone (2 trained steps instead of 9: ~4.5x fewer training passes); clip 1e-5, beta 0,
+    noise 0.8 as Flow-GRPO-Fast. Batch arithmetic as `pickscore`."""
+    c = pickscore()
+    c.sample.sde_window_size = 2
+    c.sample.sde_window_start = -1      # random each epoch (the same on every rank)
+    c.sample.noise_level = 0.8
+    c.algorithm.clip_range = 1e-5
+    c.algorithm.beta = 0.0
+    return c
+
+
+def pickscore_nocfg():
+    """`pickscore` without classifier-free guidance (guidance 1 in sampling, training and eval): half
+    the transformer passes; the LoRA has to learn what CFG gave."""
+    c = pickscore()
+    c.sample.guidance_scale = 1.0
+    c.train.cfg = False
+    return c
+
+
+def clipscore():
+    """Flow-GRPO `clipscore_sd3`: CLIPScore (openai/clip-vit-large-patch14) on the pickscore prompts,
+    beta 0.02, one initial noise per prompt group. Batch arithmetic as `pickscore`."""
+    c = pickscore()
+    c.algorithm.beta = 0.02
+    c.sample.same_latent = True
+    c.reward.weights = ml_collections.ConfigDict({"clipscore": 1.0})
+    c.reward.options = ml_collections.ConfigDict({"clipscore": {"path": "openai/clip-vit-large-patch14"}})
+    return c
+
+
+def aesthetic():
+    """LAION aesthetic score (CLIP ViT-L/14 + the improved-aesthetic-predictor MLP head) on the pickscore
+    prompts. Set reward.options.aesthetic.head_path to the local sac+logos+ava1-l14-linearMSE.pth."""
+    c = pickscore()
+    c.reward.weights = ml_collections.ConfigDict({"aesthetic": 1.0})
+    c.reward.options = ml_collections.ConfigDict({"aesthetic": {
+        "path": "openai/clip-vit-large-patch14", "head_path": "sac+logos+ava1-l14-linearMSE.pth"}})
+    return c
+
+
+def ocr():
+    """Flow-GRPO `general_ocr_sd3`: text rendering scored by OCR edit distance (RapidOCR), beta 0.04,
+    on the OCR prompts (point prompts.dataset at Flow-GRPO's dataset/ocr for the real run). Batch
+    arithmetic as `pickscore`."""
+    c = pickscore()
+    c.prompts.dataset, c.prompts.test_dataset = "ocr/train", "ocr/test"
+    c.algorithm.beta = 0.04
+    c.reward.weights = ml_collections.ConfigDict({"ocr": 1.0})
+    c.reward.options = ml_collections.ConfigDict()
+    return c
+
+
+def jpeg():
+    """JPEG compressibility (DDPO's task; Flow-GRPO's `compressibility` base) with the `pickscore`
+    model, sampler and batch arithmetic."""
+    c = pickscore()
+    c.reward.weights = ml_collections.ConfigDict({"jpeg_compressibility": 1.0})
+    c.reward.options = ml_collections.ConfigDict()
+    return c
+
+
+EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity,
+               "tiny_sd3": tiny_sd3, "tiny_sd3_ocr": tiny_sd3_ocr,
+               "pickscore": pickscore, "pickscore_fast": pickscore_fast, "pickscore_nocfg": pickscore_nocfg,
+               "clipscore": clipscore, "aesthetic": aesthetic, "ocr": ocr, "jpeg": jpeg}
 
 
 def get_config(name="moons"):

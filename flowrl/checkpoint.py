@@ -2,7 +2,8 @@
 
 RUN_DIR/checkpoints/step_N/
     trainable.safetensors   the policy's trainable weights (LoRA or the whole toy MLP)
-    optimizer.safetensors   optimizer state tensors, keyed "<param index>.<name>"
+    optimizer.safetensors   optimizer state tensors (+ optimizer.json, the structure; per-rank
+                            optimizer.rank<r>.* when DeepSpeed ZeRO shards the state)
     ema.safetensors         EMA weights (if train.ema)
     rng.safetensors         torch CPU (and CUDA) RNG states
     state.json              epoch, optimizer steps, python/numpy RNG, optimizer hyper-parameters
@@ -23,8 +24,9 @@ import numpy as np
 import torch
 
 from flowrl.cache import atomic_save_safetensors
+from flowrl.tree_io import flatten_tree, merge_tree
 
-STATE_FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
+STATE_FILES = ("trainable.safetensors", "rng.safetensors", "state.json")
 
 
 class CheckpointError(RuntimeError):
@@ -36,25 +38,6 @@ def list_checkpoints(run_dir: Path) -> List[Tuple[int, Path]]:
     d = Path(run_dir) / "checkpoints"
     found = [(int(m.group(1)), p) for p in d.glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))]
     return sorted(found)
-
-
-def optimizer_to_flat(sd: dict) -> Tuple[Dict[str, torch.Tensor], dict]:
-    tensors, meta = {}, {"param_groups": sd["param_groups"], "scalars": {}}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v
-            else:
-                meta["scalars"][f"{pid}.{k}"] = v
-    return tensors, meta
-
-
-def optimizer_from_flat(tensors: Dict[str, torch.Tensor], meta: dict) -> dict:
-    state: Dict[int, dict] = {}
-    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def rng_state() -> Tuple[Dict[str, torch.Tensor], dict]:
@@ -80,49 +63,74 @@ def set_rng_state(tensors: Dict[str, torch.Tensor], meta: dict) -> None:
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
 
 
-def save_checkpoint(run_dir: Path, epoch: int, policy, optimizer, ema=None, extra: dict = None,
-                    keep_last: int = 0) -> Path:
-    """Write checkpoints/step_<epoch> atomically; then prune to the last `keep_last` (0 = keep all)."""
-    root = Path(run_dir) / "checkpoints"
-    final, tmp = root / f"step_{epoch}", root / f".step_{epoch}.tmp"
+def begin_checkpoint(run_dir: Path, epoch: int) -> Path:
+    """Create the temp folder checkpoints/.step_<epoch>.tmp (main process)."""
+    tmp = Path(run_dir) / "checkpoints" / f".step_{epoch}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_optimizer(tmp: Path, optimizer, shard: Optional[int] = None) -> None:
+    """optimizer.safetensors + optimizer.json; per-rank files optimizer.rank<r>.* when the state is
+    sharded (DeepSpeed ZeRO): every rank then writes its own."""
+    name = "optimizer" if shard is None else f"optimizer.rank{shard}"
+    tensors, skeleton = flatten_tree(optimizer.state_dict())
+    atomic_save_safetensors(tensors, tmp / f"{name}.safetensors")
+    (tmp / f"{name}.json").write_text(json.dumps(skeleton))
+
+
+def finish_checkpoint(tmp: Path, epoch: int, policy, ema=None, extra: dict = None,
+                      keep_last: int = 0) -> Path:
+    """Write weights, EMA, RNG and state.json into `tmp`, rename it to step_<epoch>, prune old ones."""
     atomic_save_safetensors(policy.trainable_state_dict(), tmp / "trainable.safetensors")
-    opt_tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
-    atomic_save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
     if ema is not None:
         atomic_save_safetensors(ema.state_dict(), tmp / "ema.safetensors")
     rng_tensors, rng_meta = rng_state()
     atomic_save_safetensors(rng_tensors, tmp / "rng.safetensors")
     policy.export(tmp)
-    state = {"epoch": epoch, "optimizer": opt_meta, "rng": rng_meta, **(extra or {})}
-    (tmp / "state.json").write_text(json.dumps(state))
+    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "rng": rng_meta, **(extra or {})}))
+    final = tmp.parent / f"step_{epoch}"
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     if keep_last > 0:
-        for _, old in list_checkpoints(run_dir)[:-keep_last]:
+        for _, old in list_checkpoints(tmp.parent.parent)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def load_checkpoint(path: Path, policy, optimizer, ema=None) -> dict:
-    """Restore weights, optimizer, EMA and RNG from `path`; returns state.json's dict.
-    Raises CheckpointError saying which file is missing or unreadable."""
+def save_checkpoint(run_dir: Path, epoch: int, policy, optimizer, ema=None, extra: dict = None,
+                    keep_last: int = 0) -> Path:
+    """Single-writer checkpoint (optimizer state not sharded)."""
+    tmp = begin_checkpoint(run_dir, epoch)
+    write_optimizer(tmp, optimizer)
+    return finish_checkpoint(tmp, epoch, policy, ema, extra, keep_last)
+
+
+def load_checkpoint(path: Path, policy, optimizer, ema=None, shard: Optional[int] = None,
+                    num_shards: int = 1) -> dict:
+    """Restore weights, optimizer (this rank's `shard` if sharded), EMA and RNG from `path`; returns
+    state.json's dict. Raises CheckpointError saying which file is missing or unreadable."""
     from safetensors.torch import load_file
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    missing = [f for f in STATE_FILES if not (path / f).exists()]
+    opt_name = "optimizer" if shard is None else f"optimizer.rank{shard}"
+    missing = [f for f in STATE_FILES + (f"{opt_name}.safetensors", f"{opt_name}.json")
+               if not (path / f).exists()]
     if ema is not None and not (path / "ema.safetensors").exists():
         missing.append("ema.safetensors")
     if missing:
-        raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing}; delete it to resume "
-                              f"from the previous one")
+        hint = (" (optimizer shards are per process: resume with the same number of processes and "
+                "the same launcher)" if any(m.startswith("optimizer") for m in missing) else "")
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing}{hint}; delete it to "
+                              f"resume from the previous one")
     try:
         state = json.loads((path / "state.json").read_text())
         weights = load_file(path / "trainable.safetensors")
-        opt = optimizer_from_flat(load_file(path / "optimizer.safetensors"), state["optimizer"])
+        opt = merge_tree(json.loads((path / f"{opt_name}.json").read_text()),
+                         load_file(path / f"{opt_name}.safetensors"), optimizer.state_dict())
         rng = load_file(path / "rng.safetensors")
         ema_state = load_file(path / "ema.safetensors") if ema is not None else None
     except Exception as e:
@@ -130,7 +138,8 @@ def load_checkpoint(path: Path, policy, optimizer, ema=None) -> dict:
                               f"resume from the previous one") from None
     try:
         policy.load_trainable_state_dict(weights)
-        optimizer.load_state_dict(opt)
+        # DeepSpeed's ZeRO optimizer takes one state dict per data-parallel rank and reads its own
+        optimizer.load_state_dict(opt if shard is None else [opt] * num_shards)
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer: {e}") from None
     if ema is not None:

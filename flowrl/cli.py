@@ -11,6 +11,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fine-tune flow-matching models with rewards (Flow-GRPO and friends).")
 visualize_app = typer.Typer(no_args_is_help=True, help="Pictures of runs.")
 app.add_typer(visualize_app, name="visualize")
+init_app = typer.Typer(no_args_is_help=True, help="Create local model folders (no download).")
+app.add_typer(init_app, name="init")
 
 
 def _fail(msg: str) -> None:
@@ -46,15 +48,61 @@ def train(
         _fail(str(e))
 
 
+@app.command("eval-diversity")
+def eval_diversity(
+    run_dir: Optional[Path] = typer.Argument(None, help="a run dir: the base model and every checkpoint"),
+    samples: Optional[Path] = typer.Option(None, "--samples", help="an .npz with x: (N, D) or (N, 3, H, W)"),
+    output: Optional[Path] = typer.Option(None, help="JSON (default RUN_DIR/diversity.json or X_diversity.json)"),
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="default: config.eval.num_samples"),
+    encoder: str = typer.Option("auto", help="auto | raw | pixels | efficientnet | clip"),
+    clip_path: Optional[str] = typer.Option(None, help="local CLIPModel folder for --encoder clip"),
+    kernel: str = typer.Option("auto", help="Vendi kernel: auto | gaussian | cosine"),
+    bandwidth: Optional[float] = typer.Option(None, help="Gaussian width (default: median rule on the base)"),
+    entropy: bool = typer.Option(True, "--entropy/--no-entropy", help="flow entropy (run dirs)"),
+    probes: int = typer.Option(1, "--probes", help="Hutchinson probes per step (images)"),
+    entropy_steps: int = typer.Option(20, help="ODE steps of the entropy integral"),
+    entropy_samples: Optional[int] = typer.Option(None, help="default: all points / 64 images"),
+    reward: bool = typer.Option(True, "--reward/--no-reward", help="score with the run's reward"),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="checkpoints' EMA weights when saved"),
+    batch_size: Optional[int] = typer.Option(None, help="per forward pass (default config.eval.batch_size)"),
+):
+    """Vendi / RKE diversity, reward and entropy per checkpoint: `flowrl eval-diversity RUN_DIR`."""
+    from flowrl.checkpoint import CheckpointError
+    from flowrl.diversity_eval import Settings, run_eval_diversity
+    if (run_dir is None) == (samples is None):
+        _fail("give either a RUN_DIR or --samples FILE.npz (not both)")
+    settings = Settings(num_samples, encoder, clip_path, kernel, bandwidth, entropy, probes, entropy_steps,
+                        entropy_samples, reward, ema, batch_size)
+    try:
+        run_eval_diversity(samples or run_dir, samples is not None, settings, output)
+    except (CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
+        _fail(str(e))
+
+
 @visualize_app.command("checkpoints")
 def visualize_checkpoints(run_dir: Path = typer.Argument(..., help="a run dir written by flowrl train"),
-                          out: Optional[Path] = typer.Option(None, help="folder for the PNGs (default RUN_DIR/plots)")):
-    """Before/after samples coloured by reward and the reward curve, as PNGs."""
+                          out: Optional[Path] = typer.Option(None, help="folder for the PNGs (default RUN_DIR/plots)"),
+                          compare: List[Path] = typer.Option([], "--compare", help="another run dir to compare (repeatable)")):
+    """Samples per checkpoint, reward / diversity curves, trade-off (PNGs) and a report.html."""
     from flowrl.plotting import plot_run
-    if not (run_dir / "metrics.jsonl").exists():
-        _fail(f"{run_dir} is not a run dir (no metrics.jsonl)")
-    for path in plot_run(run_dir, out or run_dir / "plots"):
+    from flowrl.report import write_report
+    for d in [run_dir, *compare]:
+        if not (d / "metrics.jsonl").exists():
+            _fail(f"{d} is not a run dir (no metrics.jsonl)")
+    paths = plot_run(run_dir, out or run_dir / "plots", compare)
+    for path in paths + [write_report(run_dir, out or run_dir / "plots", paths, compare)]:
         typer.echo(str(path))
+
+
+@init_app.command("tiny-sd3")
+def init_tiny_sd3(directory: Path = typer.Argument(..., help="folder to create (absent or empty)"),
+                  seed: int = typer.Option(0, help="seed of the random weights")):
+    """Write a tiny RANDOM StableDiffusion3Pipeline folder (~1 MB) for tests and smoke runs; use it with
+    `--set model.path=DIR` (model.path "" builds one in the flowrl cache by itself)."""
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        _fail(f"{directory} already exists and is not an empty folder; give a new folder")
+    from flowrl.policies.sd3 import ensure_tiny_sd3
+    typer.echo(str(ensure_tiny_sd3(directory, seed=seed)))
 
 
 def main() -> None:

@@ -21,6 +21,10 @@ def build_accelerator(config, gradient_accumulation_steps: int, run_dir=None):
         log_with = "wandb"
     acc = Accelerator(mixed_precision=config.mixed_precision, log_with=log_with,
                       gradient_accumulation_steps=gradient_accumulation_steps, kwargs_handlers=kwargs)
+    plugin = acc.state.deepspeed_plugin
+    if plugin is not None:   # DeepSpeed sizes its buffers from these; there is no dataloader to read
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
+        plugin.deepspeed_config["gradient_accumulation_steps"] = gradient_accumulation_steps
     if log_with:
         init = {"wandb": {"dir": str(run_dir), "name": os.path.basename(str(run_dir))}} if run_dir else {}
         acc.init_trackers(config.logging.project, config=config.to_dict(), init_kwargs=init)

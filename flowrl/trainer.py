@@ -5,6 +5,7 @@ Nothing here knows which base model, algorithm or reward runs: they come from th
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Dict, Optional
 import torch
 
 from flowrl.batch import Batch
-from flowrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from flowrl.checkpoint import (begin_checkpoint, finish_checkpoint, latest_checkpoint, load_checkpoint,
+                               write_optimizer)
 from flowrl.config import plan_batches
 from flowrl.data.prompts import load_prompts
 from flowrl.data.sampler import epoch_assignment, mix_seed
@@ -48,7 +50,8 @@ class Trainer:
             prepare_run_dir(self.run_dir, config, resume)
         self.acc.wait_for_everyone()
         self.log = MetricsLog(self.run_dir, self.is_main)
-        self.print(f"batch plan: {self.plan.describe()}")
+        self.print(f"{self.acc.distributed_type} x {self.acc.num_processes} on {self.acc.device}; "
+                   f"batch plan: {self.plan.describe()}")
         self._build_components()
         self.start_epoch, self.opt_steps, self.reward_before = 0, 0, None
         if resume:
@@ -86,7 +89,9 @@ class Trainer:
         if ckpt is None:
             raise FileNotFoundError(f"--resume: {self.run_dir / 'checkpoints'} has no checkpoint yet; "
                                     f"start the run again without --resume (and another --output-dir)")
-        state = load_checkpoint(ckpt, self.policy, self.optimizer, self.ema)
+        shard = self.acc.process_index if self.sharded_optimizer else None
+        state = load_checkpoint(ckpt, self.policy, self.optimizer, self.ema, shard=shard,
+                                num_shards=self.acc.num_processes)
         self.start_epoch, self.opt_steps = state["epoch"], state["optimizer_steps"]
         self.reward_before = state.get("reward_before")
         self.log.truncate_after(self.start_epoch)
@@ -184,13 +189,27 @@ class Trainer:
         save_eval(self.run_dir, tag, local, gathered, self.test_prompts, self.is_main)
         return float(gathered["rewards"].mean())
 
+    @property
+    def sharded_optimizer(self) -> bool:
+        """DeepSpeed ZeRO partitions the optimizer state: every rank saves/loads its own shard."""
+        return self.acc.distributed_type == "DEEPSPEED"
+
     def save(self, epoch: int) -> None:
-        self.acc.wait_for_everyone()
+        acc = self.acc
+        acc.wait_for_everyone()
+        tmp = begin_checkpoint(self.run_dir, epoch) if self.is_main else None
+        acc.wait_for_everyone()
+        tmp = self.run_dir / "checkpoints" / f".step_{epoch}.tmp"
+        if self.sharded_optimizer:
+            write_optimizer(tmp, self.optimizer, shard=acc.process_index)
+        elif self.is_main:
+            write_optimizer(tmp, self.optimizer)
+        acc.wait_for_everyone()
         if self.is_main:
-            extra = {"optimizer_steps": self.opt_steps, "reward_before": self.reward_before}
-            save_checkpoint(self.run_dir, epoch, self.policy, self.optimizer, self.ema, extra,
-                            self.c.checkpoint.keep_last)
-        self.acc.wait_for_everyone()
+            extra = {"optimizer_steps": self.opt_steps, "reward_before": self.reward_before,
+                     "num_processes": acc.num_processes}
+            finish_checkpoint(tmp, epoch, self.policy, self.ema, extra, self.c.checkpoint.keep_last)
+        acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> Dict:
@@ -229,9 +248,21 @@ class Trainer:
         n = len(batch)
         rank_slice = slice(self.acc.process_index * n, (self.acc.process_index + 1) * n)
         row.update(self.algorithm.prepare(batch, gathered, rank_slice))
+        counts = self.acc.gather(torch.tensor([n], device=self.acc.device)).cpu()
+        row["reward_samples_per_rank"] = counts.tolist()   # each rank scores only its own samples
         row.update(self.optimize(batch, st, epoch))
         row.update(time_sample=t1 - t0, time_train=time.time() - t1)
+        if os.environ.get("FLOWRL_DUMP_DIR"):
+            self._dump(epoch, batch)
         return row
+
+    def _dump(self, epoch: int, batch: Batch) -> None:
+        """Debugging aid (and the distributed tests): per-rank rewards, advantages and weights."""
+        from flowrl.cache import atomic_save_safetensors
+        keep = {k: v for k, v in batch.tensors.items() if k in ("rewards", "group_ids", "advantages")}
+        keep["params"] = torch.cat([p.detach().flatten().float().cpu() for p in self.params])
+        path = Path(os.environ["FLOWRL_DUMP_DIR"]) / f"epoch{epoch + 1}_rank{self.acc.process_index}.safetensors"
+        atomic_save_safetensors(keep, path)
 
     def finish(self, t0: float) -> Dict:
         rows = self.log.read() if self.is_main else []

@@ -16,9 +16,11 @@ Heavy imports (diffusers, transformers, peft) happen inside functions: importing
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,30 +34,51 @@ from flowrl.protocols import Runtime
 from flowrl.registry import POLICIES
 
 TINY_NAME = "tiny-sd3"   # folder under the flowrl cache holding the tiny random pipeline (path "")
+STAMP_FILE = "flowrl_build.json"   # in that folder: what built it (rebuilt when tiny_sd3.py changes)
 
 
 # ---------------------------------------------------------------------------------------- loading
+def _tiny_stamp(seed: int) -> str:
+    """What the cached tiny pipeline was built from: the builder's source hash and the seed."""
+    import hashlib
+
+    from flowrl.policies import tiny_sd3
+
+    digest = hashlib.sha256(Path(tiny_sd3.__file__).read_bytes()).hexdigest()[:16]
+    return json.dumps({"builder_sha256": digest, "seed": int(seed)})
+
+
+def _is_current(folder: Path, stamp: str) -> bool:
+    f = folder / STAMP_FILE
+    return (folder / "model_index.json").exists() and f.exists() and f.read_text() == stamp
+
+
 def ensure_tiny_sd3(target: Path, seed: int = 0) -> Path:
-    """Return `target` holding a tiny random SD3 pipeline, building it first if missing. The build goes
-    to a temporary sibling folder renamed into place: other processes never see half a folder."""
-    target = Path(target)
-    if (target / "model_index.json").exists():
+    """Return `target` holding the tiny random SD3 pipeline (flowrl.policies.tiny_sd3), building it if
+    missing or built by another version of the builder. The build goes to a temporary sibling folder
+    renamed into place: other processes never see half a folder."""
+    target, stamp = Path(target), _tiny_stamp(seed)
+    if _is_current(target, stamp):
         return target
     from flowrl.policies.tiny_sd3 import build_tiny_sd3
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.build."))
+    old = target.parent / f".{target.name}.old.{os.getpid()}.{time.time_ns()}"
     try:
-        build_tiny_sd3(tmp, seed=seed)
-        if target.exists() and not (target / "model_index.json").exists():
-            shutil.rmtree(target, ignore_errors=True)   # a stray, incomplete folder
+        with _quiet_loading():
+            build_tiny_sd3(tmp, seed=seed)
+        (tmp / STAMP_FILE).write_text(stamp)
+        if target.exists():           # stale or incomplete: move it aside first
+            os.rename(target, old)
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / "model_index.json").exists():  # not a concurrent build that won
+            if not _is_current(target, stamp):   # not a concurrent build that got there first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 
@@ -110,11 +133,14 @@ def load_pipeline(folder: Path, dtype: torch.dtype):
     from diffusers import StableDiffusion3Pipeline
 
     with _quiet_loading():
-        pipe = StableDiffusion3Pipeline.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
-    if pipe.vae.dtype != torch.float32:
-        pipe.vae.to(torch.float32)
-    for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
+        pipe = StableDiffusion3Pipeline.from_pretrained(str(folder), dtype={"default": dtype, "vae": torch.float32},
+                                                        local_files_only=True)
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        module = getattr(pipe, name, None)
         if module is not None:
+            want = torch.float32 if name == "vae" else dtype
+            if module.dtype != want:    # a diffusers that ignored the dtype dict
+                module.to(want)
             module.requires_grad_(False).eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe
