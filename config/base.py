@@ -11,6 +11,8 @@ def get_config():
     c.seed = 0                      # seeds noise, prompt order and minibatch shuffles (per epoch, per rank)
     c.num_epochs = 100              # epochs = sample -> reward -> update cycles; checkpoints count these
     c.mixed_precision = "no"        # "no" | "fp16" | "bf16": frozen weights' dtype; log-probs stay fp32
+    c.cpu_threads = 0               # torch intra-op threads per process (0 = torch's default); on a
+                                    # small shared CPU, 1 can be many times faster for tiny models
 
     # Base model: `name` picks the policy in flowrl.registry.POLICIES; the other keys are its options.
     c.model = ml_collections.ConfigDict({"name": "toy2d"})
@@ -62,6 +64,9 @@ def get_config():
     c.eval.num_samples = 512         # GLOBAL number of evaluation samples (fixed noise, ODE)
     c.eval.batch_size = 512          # per process, per forward pass
     c.eval.seed = 1234               # fixed evaluation noise (same for every checkpoint)
+    c.eval.diversity = True          # cheap Vendi diversity of each evaluation (flowrl.metrics.monitor)
+    c.eval.diversity_alarm_fraction = 0.5  # warn when diversity < this x the base model's while reward
+                                           # rose (mode collapse / reward hacking); 0 = never warn
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 10          # epochs between checkpoints (the end is always saved)

@@ -14,6 +14,7 @@ def moons():
         "name": "toy2d", "dataset": "moons", "hidden": 256, "depth": 3, "base_iters": 4000,
         "base_batch": 256, "base_lr": 3e-3, "base_seed": 0, "shift": 1.0})
     c.num_epochs = 30
+    c.cpu_threads = 1                # a tiny MLP: one thread is as fast, and far faster on a busy CPU
     c.sample.num_steps = 10
     c.sample.eval_num_steps = 20
     c.sample.noise_level = 0.7
@@ -56,8 +57,9 @@ def tiny_sd3():
     take ~15 s on 2 cores. The model is random: do not expect the reward to rise."""
     c = base.get_config()
     c.model = ml_collections.ConfigDict({
-        "name": "sd3", "path": "", "lora_rank": 8, "lora_alpha": 16, "lora_targets": SD3_LORA_TARGETS,
+        "name": "sd3", "path": "", "lora_rank": 8, "lora_alpha": 16, "lora_targets": list(SD3_LORA_TARGETS),
         "resolution": 64, "max_sequence_length": 32, "gradient_checkpointing": False})
+    c.cpu_threads = 1                # tiny models: one thread is as fast, and far faster on a busy CPU
     c.prompts.dataset, c.prompts.test_dataset = "animals/train", "animals/test"
     c.num_epochs = 4
     c.sample.num_steps = 6
@@ -109,7 +111,7 @@ def pickscore():
     c.mixed_precision = "fp16"          # Flow-GRPO's default; fp16 gives a smaller log-prob error than bf16
     c.model = ml_collections.ConfigDict({
         "name": "sd3", "path": "stabilityai/stable-diffusion-3.5-medium", "lora_rank": 32,
-        "lora_alpha": 64, "lora_targets": SD3_LORA_TARGETS, "resolution": 512,
+        "lora_alpha": 64, "lora_targets": list(SD3_LORA_TARGETS), "resolution": 512,
         "max_sequence_length": 128, "gradient_checkpointing": False})
     c.prompts.dataset, c.prompts.test_dataset = "pickscore/train", "pickscore/test"
     c.num_epochs = 1000                 # Flow-GRPO runs until stopped; ~1000 epochs reach PickScore ~23.5/26

@@ -14,6 +14,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FLOWRL_CACHE", Path.home() / ".cache" / "flowrl"))
 
 
+def _umask_mode() -> int:
+    """0o666 minus the process umask: what a plain open() would have given the file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_save_safetensors(state: Dict[str, torch.Tensor], path: Path, metadata: dict = None) -> None:
     """Write to a temp file in the same folder, then rename: readers never see half a file."""
     from safetensors.torch import save_file
@@ -23,6 +30,7 @@ def atomic_save_safetensors(state: Dict[str, torch.Tensor], path: Path, metadata
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -43,3 +51,28 @@ def cached_state_dict(name: str, build: Callable[[], Dict[str, torch.Tensor]],
     state = build()
     atomic_save_safetensors(state, path)
     return state
+
+
+def resolve_local_model(path: str, option: str) -> Path:
+    """A model location -> a local path: an existing file/folder, or a hub id ("org/name") that is
+    already in the LOCAL Hugging Face cache (nothing is downloaded). Raises FileNotFoundError
+    naming the config `option` to set."""
+    if not path:
+        raise FileNotFoundError(f"no model path given: set {option}=/path/to/model (a local folder or a "
+                                f"hub id in the local Hugging Face cache; models are never downloaded)")
+    text = str(path)
+    p = Path(text).expanduser()
+    if p.exists():
+        return p
+    if not p.is_absolute() and text.count("/") == 1 and not text.startswith("."):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.constants import HF_HUB_CACHE
+        try:
+            return Path(snapshot_download(text, local_files_only=True))
+        except Exception:
+            raise FileNotFoundError(
+                f"{option}={text!r} is neither a local path nor in the local Hugging Face cache "
+                f"({HF_HUB_CACHE}); flowrl never downloads models. Download it once (`hf download {text}`)"
+                f" or set {option} to a local folder") from None
+    raise FileNotFoundError(f"{option}={text!r} does not exist; set {option} to a local folder or file "
+                            f"(models are never downloaded)")

@@ -6,12 +6,15 @@ RUN_DIR/checkpoints/step_N/
                             optimizer.rank<r>.* when DeepSpeed ZeRO shards the state)
     ema.safetensors         EMA weights (if train.ema)
     rng.safetensors         torch CPU (and CUDA) RNG states
-    state.json              epoch, optimizer steps, python/numpy RNG, optimizer hyper-parameters
+    algorithm.safetensors   the algorithm's own state, e.g. DDPO's per-prompt reward buffers
+                            (+ algorithm.json, its structure)
+    state.json              epoch, optimizer steps, python/numpy RNG, reward before training
     + whatever policy.export() writes (e.g. pytorch_lora_weights.safetensors for diffusers)
 The folder is written as .step_N.tmp and renamed: a killed run never leaves a half checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -26,7 +29,8 @@ import torch
 from flowrl.cache import atomic_save_safetensors
 from flowrl.tree_io import flatten_tree, merge_tree
 
-STATE_FILES = ("trainable.safetensors", "rng.safetensors", "state.json")
+STATE_FILES = ("trainable.safetensors", "rng.safetensors", "state.json", "algorithm.safetensors",
+               "algorithm.json")
 
 
 class CheckpointError(RuntimeError):
@@ -81,14 +85,19 @@ def write_optimizer(tmp: Path, optimizer, shard: Optional[int] = None) -> None:
 
 
 def finish_checkpoint(tmp: Path, epoch: int, policy, ema=None, extra: dict = None,
-                      keep_last: int = 0) -> Path:
-    """Write weights, EMA, RNG and state.json into `tmp`, rename it to step_<epoch>, prune old ones."""
+                      keep_last: int = 0, algorithm_state: dict = None) -> Path:
+    """Write weights, EMA, RNG, the algorithm's state (trackers) and state.json into `tmp`, rename
+    it to step_<epoch>, prune old ones."""
+    alg_tensors, alg_skeleton = flatten_tree(algorithm_state or {})
+    atomic_save_safetensors(alg_tensors, tmp / "algorithm.safetensors")
+    (tmp / "algorithm.json").write_text(json.dumps(alg_skeleton))
     atomic_save_safetensors(policy.trainable_state_dict(), tmp / "trainable.safetensors")
     if ema is not None:
         atomic_save_safetensors(ema.state_dict(), tmp / "ema.safetensors")
     rng_tensors, rng_meta = rng_state()
     atomic_save_safetensors(rng_tensors, tmp / "rng.safetensors")
-    policy.export(tmp)
+    with ema.applied() if ema is not None else contextlib.nullcontext():
+        policy.export(tmp)   # what users load for inference: the EMA weights when there are some
     (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "rng": rng_meta, **(extra or {})}))
     final = tmp.parent / f"step_{epoch}"
     if final.exists():
@@ -98,14 +107,6 @@ def finish_checkpoint(tmp: Path, epoch: int, policy, ema=None, extra: dict = Non
         for _, old in list_checkpoints(tmp.parent.parent)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def save_checkpoint(run_dir: Path, epoch: int, policy, optimizer, ema=None, extra: dict = None,
-                    keep_last: int = 0) -> Path:
-    """Single-writer checkpoint (optimizer state not sharded)."""
-    tmp = begin_checkpoint(run_dir, epoch)
-    write_optimizer(tmp, optimizer)
-    return finish_checkpoint(tmp, epoch, policy, ema, extra, keep_last)
 
 
 def load_checkpoint(path: Path, policy, optimizer, ema=None, shard: Optional[int] = None,
@@ -132,6 +133,8 @@ def load_checkpoint(path: Path, policy, optimizer, ema=None, shard: Optional[int
         opt = merge_tree(json.loads((path / f"{opt_name}.json").read_text()),
                          load_file(path / f"{opt_name}.safetensors"), optimizer.state_dict())
         rng = load_file(path / "rng.safetensors")
+        state["algorithm"] = merge_tree(json.loads((path / "algorithm.json").read_text()),
+                                        load_file(path / "algorithm.safetensors"))
         ema_state = load_file(path / "ema.safetensors") if ema is not None else None
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {e}); delete it to "

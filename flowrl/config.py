@@ -133,8 +133,8 @@ def flatten(d: Dict, prefix: str = "") -> Dict[str, object]:
     for k, v in d.items():
         if isinstance(v, dict):
             out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
+        else:  # YAML gives lists back for tuples
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
 
 

@@ -5,7 +5,7 @@ import os
 from datetime import timedelta
 
 
-def build_accelerator(config, gradient_accumulation_steps: int, run_dir=None):
+def build_accelerator(config, gradient_accumulation_steps: int):
     """`gradient_accumulation_steps` counts backward passes per optimizer step (minibatches x
     trained timesteps). On CPU, process groups use gloo."""
     from accelerate import Accelerator
@@ -25,7 +25,12 @@ def build_accelerator(config, gradient_accumulation_steps: int, run_dir=None):
     if plugin is not None:   # DeepSpeed sizes its buffers from these; there is no dataloader to read
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
         plugin.deepspeed_config["gradient_accumulation_steps"] = gradient_accumulation_steps
-    if log_with:
-        init = {"wandb": {"dir": str(run_dir), "name": os.path.basename(str(run_dir))}} if run_dir else {}
-        acc.init_trackers(config.logging.project, config=config.to_dict(), init_kwargs=init)
     return acc
+
+
+def init_tracking(acc, config, run_dir) -> None:
+    """Start the wandb tracker (if logging.wandb) writing into the run dir; call after the run dir
+    is validated, so a refused run leaves nothing behind."""
+    if config.logging.wandb:
+        init = {"wandb": {"dir": str(run_dir), "name": os.path.basename(str(run_dir))}}
+        acc.init_trackers(config.logging.project, config=config.to_dict(), init_kwargs=init)

@@ -33,7 +33,7 @@ class Settings:
     bandwidth: Optional[float] = None      # Gaussian width; None -> median rule on the base model
     entropy: bool = True                   # flow entropy (run dir mode only)
     num_probes: int = 1                    # Hutchinson probes per step (images / latents)
-    entropy_steps: int = 20                # midpoint steps of the entropy ODE (20 vs 100: 0.006 nats on moons)
+    entropy_steps: int = 20                # midpoint ODE steps (vs 100: 0.006 nats off on moons)
     entropy_samples: Optional[int] = None  # None -> all samples for points, 64 for images
     reward: bool = True                    # score samples with the run's reward
     use_ema: bool = True                   # EMA weights of a checkpoint, when saved
@@ -145,7 +145,8 @@ def load_run(run_dir: Path, settings: Settings, state):
     return cfg, ckpts, policy, reward, prompts
 
 
-def entropy_log_probs(policy, prompt_set, indices: torch.Tensor, cfg, settings: Settings, device) -> torch.Tensor:
+def entropy_log_probs(policy, prompt_set, indices: torch.Tensor, cfg, settings: Settings,
+                      device) -> torch.Tensor:
     """log p0 of the ODE samples from the eval noise of `indices` (this rank's), (n,) float64 CPU."""
     from flowrl.evaluation import eval_noise
     from flowrl.metrics.entropy import sample_with_log_prob
@@ -178,9 +179,9 @@ def sample_rank_share(policy, reward, prompts, cfg, settings: Settings, state, i
     from flowrl.evaluation import evaluate
     from flowrl.metrics.features import extract_features, resolve_encoder
     policy.net.eval()
-    local = evaluate(policy, reward or _NoReward(), prompts, indices, cfg.sample.eval_num_steps,
-                     cfg.sample.guidance_scale, settings.batch_size or cfg.eval.batch_size,
-                     cfg.eval.seed, state.device)
+    local = evaluate(policy, _NoReward() if reward is None else reward, prompts, indices,
+                     cfg.sample.eval_num_steps, cfg.sample.guidance_scale,
+                     settings.batch_size or cfg.eval.batch_size, cfg.eval.seed, state.device)
     encoder = resolve_encoder(local["samples"], settings.encoder)
     feats = extract_features(local["samples"], encoder, settings.clip_path, device=state.device)
     image_like = local["samples"].ndim == 4 or len(policy.sample_shape) > 1
@@ -201,12 +202,10 @@ def _run_meta(settings: Settings, encoder: str, kernel: str, bandwidth: float, n
 
 def evaluate_run(run_dir: Path, settings: Settings, state=None) -> Optional[Dict]:
     """Report dict for a run dir (rows: base, then every checkpoint); None on non-main ranks."""
-    from accelerate import PartialState
-
     from flowrl.evaluation import eval_indices
     from flowrl.metrics.diversity import median_bandwidth
     from flowrl.runs import load_policy_weights
-    t0, state = time.time(), state or PartialState()
+    t0, state = time.time(), state or process_state()
     cfg, ckpts, policy, reward, prompts = load_run(run_dir, settings, state)
     n = settings.num_samples or cfg.eval.num_samples
     indices = eval_indices(n, state.process_index, state.num_processes)
@@ -230,6 +229,18 @@ def evaluate_run(run_dir: Path, settings: Settings, state=None) -> Optional[Dict
     meta = _run_meta(settings, encoder, kernel, bw, int(len(indices) * state.num_processes), state)
     return {"source": str(run_dir), "kind": "run", "settings": meta, "rows": rows,
             "seconds": time.time() - t0}
+
+
+def process_state():
+    """accelerate's PartialState; on CPU under `accelerate launch` it must be told cpu + gloo, else
+    every rank runs alone (distributed_type NO, gather a no-op)."""
+    import os
+
+    from accelerate import PartialState
+    if torch.cuda.is_available():
+        return PartialState()
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=True, **({"backend": "gloo"} if multi else {}))
 
 
 def _progress(items: List, enabled: bool):
@@ -259,8 +270,9 @@ def print_table(report: Dict) -> None:
     from rich.console import Console
     from rich.table import Table
     s = report["settings"]
-    table = Table(title=f"diversity of {report['source']} ({s['encoder']} features, {s['kernel']} "
-                        f"Vendi, RKE bandwidth {s['bandwidth']:.4g})")
+    table = Table(title=f"diversity of {report['source']}",
+                  caption=f"{s['encoder']} features, {s['kernel']} kernel Vendi, Gaussian RKE, bandwidth "
+                          f"{s['bandwidth']:.4g} ({s['bandwidth_rule']})")
     for col in ("tag", "step", "N", "Vendi", "RKE", "reward", "entropy (nats)"):
         table.add_column(col, justify="left" if col == "tag" else "right")
     for r in report["rows"]:
@@ -270,19 +282,24 @@ def print_table(report: Dict) -> None:
     Console(width=max(100, Console().width)).print(table)
 
 
-def run_eval_diversity(target: Path, samples: bool, settings: Settings, output: Optional[Path]) -> Optional[Path]:
-    """The CLI's body: evaluate, print the table and write the JSON on the main process only."""
-    from accelerate import PartialState
-    state = PartialState()
-    if samples:
-        if not state.is_main_process:  # nothing to share: other ranks leave at once
-            return None
-        report = evaluate_samples(target, settings)
-    else:
-        report = evaluate_run(target, settings, state)
+def run_eval_diversity(target: Path, samples: bool, settings: Settings,
+                       output: Optional[Path]) -> Optional[Path]:
+    """The CLI's body: evaluate, print the table and write the JSON on the main process only.
+    Under several processes every rank meets the others at the end before the process group is
+    torn down (a rank that exits alone can abort gloo's threads on the others)."""
+    state = process_state()
+    try:
+        if samples:  # nothing to share: only the main process scores the file
+            report = evaluate_samples(target, settings) if state.is_main_process else None
+        else:
+            report = evaluate_run(target, settings, state)
         if report is None:
             return None
-    print_table(report)
-    path = write_json(report, output or default_output(target, samples))
-    print(f"wrote {path} ({report['seconds']:.1f} s)", flush=True)
-    return path
+        print_table(report)
+        path = write_json(report, output or default_output(target, samples))
+        print(f"wrote {path} ({report['seconds']:.1f} s)", flush=True)
+        return path
+    finally:
+        if state.num_processes > 1:
+            state.wait_for_everyone()
+            state.destroy_process_group()

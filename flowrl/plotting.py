@@ -14,7 +14,6 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from flowrl.rundir import read_metrics
 
 MAX_PANELS = 6      # checkpoints shown in the sample picture (base and final always included)
 GRID_COLUMNS = 8    # images per checkpoint in the image grid
@@ -44,8 +43,9 @@ def pick_evenly(items: Sequence, k: int) -> List:
 
 def plot_reward_curve(run_dir: Path, out: Path) -> Path:
     """Training reward (mean over each epoch's samples) and eval reward against epochs."""
+    from flowrl.report import read_jsonl
     plt = _plt()
-    rows = read_metrics(run_dir)
+    rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
     fig, ax = plt.subplots(figsize=(6, 4))
     tr = [(r["epoch"], r["reward_mean"]) for r in rows if "reward_mean" in r]
     ev = [(r["epoch"], r["eval_reward"]) for r in rows if "eval_reward" in r]
@@ -117,7 +117,7 @@ def plot_image_checkpoints(evals: Sequence, out: Path, columns: int = GRID_COLUM
     return _save(fig, Path(out) / "samples_checkpoints.png")
 
 
-def _short(text: str, n: int = 24) -> str:
+def _short(text: str, n: int = 22) -> str:
     return text if len(text) <= n else text[:n - 1] + "…"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Protocol, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -39,10 +39,17 @@ class Policy(Protocol):
 
 
 class Algorithm(Protocol):
-    """A fine-tuning method. The trainer rolls out (SDE with log-probs on `sde_mask` steps), scores,
-    gathers rewards over ranks, then calls `prepare` and `loss_terms`; it never branches on names."""
+    """A fine-tuning method. Per epoch the trainer rolls out (`sampling`: "sde" records log-probs
+    on the stochastic steps, "ode" samples deterministically), scores on each rank, gathers the
+    rewards over ranks, then calls `prepare` and feeds `loss_terms` to the optimizer. It never
+    branches on the algorithm's name."""
+    sampling: str
 
-    def prepare(self, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]: ...
-    def num_loss_terms(self, num_train_steps: int) -> int: ...
+    def setup(self, policy: Policy, reward) -> None: ...          # bind what the method needs
+    def prepare(self, policy: Policy, batch: Batch, gathered: Batch,
+                rank_slice: slice) -> Dict[str, float]: ...        # advantages, weights, pairs
+    def num_loss_terms(self, num_train_steps: int) -> int: ...      # backward passes per minibatch
     def loss_terms(self, policy: Policy, minibatch: Batch,
                    settings: "RolloutSettings") -> Iterator[Tuple[torch.Tensor, Dict]]: ...
+    def state_dict(self) -> Dict: ...                              # resumable state (trackers)
+    def load_state_dict(self, state: Dict) -> None: ...

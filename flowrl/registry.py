@@ -66,6 +66,7 @@ class Registry:
 
 # Modules holding the built-in entries; a new base model / method / reward family adds one line here.
 POLICIES = Registry("policy", ["flowrl.policies.toy2d", "flowrl.policies.sd3"])
-ALGORITHMS = Registry("algorithm", ["flowrl.algorithms.grpo"])
+ALGORITHMS = Registry("algorithm", ["flowrl.algorithms.grpo", "flowrl.algorithms.ddpo",
+                                    "flowrl.algorithms.orw"])
 REWARDS = Registry("reward", ["flowrl.rewards.toy", "flowrl.rewards.jpeg", "flowrl.rewards.ocr",
-                              "flowrl.rewards.clip"])
+                              "flowrl.rewards.clip", "flowrl.rewards.scene"])

@@ -4,14 +4,16 @@ Reads RUN_DIR/config.yaml, metrics.jsonl, summary.json, diversity.json (flowrl e
 the trainer's fixed-noise evaluations: eval/<tag>.npz (x (N, D), reward (N,)) for points, or
 eval/<tag>/<index>.png + prompts.jsonl for images, tags base, step_N, final.
 Diversity comes from diversity.json when present, else it is computed here from the eval samples
-(points: raw coordinates; images: 16x16 thumbnails) with the Gaussian-kernel Vendi / RKE scores on
-the base model's median bandwidth, so every checkpoint is measured on the same scale.
+(points: raw coordinates; images: 8x8 thumbnails; the first 512 samples, as the trainer's
+cheap_diversity) with the Gaussian-kernel Vendi / RKE scores on the base model's median bandwidth,
+so every checkpoint is measured on the same scale.
 """
 from __future__ import annotations
 
 import base64
 import html
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-THUMB = 16            # thumbnail side for image diversity without diversity.json
-MAX_DIVERSITY_N = 1000  # samples per eval used for diversity computed here
+THUMB = 8               # thumbnail side for image diversity (as flowrl.metrics.monitor.THUMBNAIL)
+MAX_DIVERSITY_N = 512   # samples per eval used here (as flowrl.metrics.monitor.MAX_SAMPLES)
 
 
 @dataclass
@@ -153,23 +155,30 @@ def load_diversity(run_dir: Path, evals: Sequence[EvalSet]) -> Tuple[List[Dict],
     if path.exists():
         rows = json.loads(path.read_text()).get("rows", [])
         return sorted(rows, key=lambda r: r.get("step") or 0), "diversity.json (flowrl eval-diversity)"
-    src = "computed from eval/ samples (" + ("16x16 thumbnails" if evals and evals[0].kind == "images"
+    src = "computed from eval/ samples (" + ("8x8 thumbnails" if evals and evals[0].kind == "images"
                                               else "raw coordinates") + ", Gaussian kernel, base bandwidth)"
     return diversity_from_evals(evals), src
+
+
+def read_jsonl(path: Path) -> List[Dict]:
+    """Rows of a JSON-lines file ([] when it does not exist). Here, not flowrl.rundir: no torch."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def load_run_view(run_dir: Path) -> RunView:
     """Everything the pictures and the report need. Raises if RUN_DIR holds no run."""
     import yaml
-
-    from flowrl.rundir import read_metrics
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists() and not (run_dir / "metrics.jsonl").exists():
         raise FileNotFoundError(f"{run_dir} is not a run dir (no config.yaml / metrics.jsonl)")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    cfg_path = run_dir / "config.yaml"
+    config = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    metrics = read_metrics(run_dir)
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
     num_epochs = config.get("num_epochs") or max((r.get("epoch", 0) for r in metrics), default=0)
     evals = list_evals(run_dir, num_epochs)
     diversity, source = load_diversity(run_dir, evals)
@@ -202,10 +211,13 @@ figcaption{color:#555;font-size:.9em}pre{background:#f8f8f8;padding:1em;overflow
 .warn{color:#a00;font-weight:bold}"""
 
 CAPTIONS = {
-    "samples": "Samples of the base model and each evaluated checkpoint from the same fixed noise (and prompts).",
+    "samples": "Samples of the base model and each evaluated checkpoint from the same fixed noise "
+               "(and prompts).",
     "reward_curve": "Reward over training: per-epoch SDE samples and the fixed-noise ODE evaluation.",
-    "diversity_curve": "Diversity over training (Vendi / RKE: effective number of distinct samples; entropy in nats).",
-    "tradeoff": "Reward against diversity, one point per checkpoint in training order: up-left is reward hacking.",
+    "diversity_curve": "Diversity over training (Vendi / RKE: effective number of distinct samples; "
+                       "entropy in nats).",
+    "tradeoff": "Reward against diversity, one point per checkpoint in training order: up-left is "
+                "reward hacking.",
 }
 
 
@@ -279,8 +291,10 @@ def render_html(view: RunView, pictures: Sequence[Path], others: Sequence[RunVie
 
 def write_report(run_dir: Path, out: Path, pictures: Sequence[Path], compare: Sequence[Path] = ()) -> Path:
     """Write OUT/report.html (self-contained: pictures embedded as base64) and return its path."""
-    from flowrl.rundir import atomic_write_text
     path = Path(out) / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
     others = [load_run_view(c) for c in compare]
-    atomic_write_text(path, render_html(load_run_view(run_dir), pictures, others))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render_html(load_run_view(run_dir), pictures, others), encoding="utf-8")
+    os.replace(tmp, path)
     return path

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List
 
+from flowrl.cache import _umask_mode
 from flowrl.config import ConfigError, resume_conflicts
 
 
@@ -16,12 +17,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, _umask_mode())
     os.replace(tmp, path)
 
 
-def prepare_run_dir(run_dir: Path, config, resume: bool) -> None:
+def check_run_dir(run_dir: Path, config, resume: bool) -> None:
     """New run: the folder must not hold a run already. Resume: it must, with the same config
-    (up to keys in flowrl.config.RESUMABLE_CHANGES). Raises ConfigError; changes nothing then."""
+    (up to keys in flowrl.config.RESUMABLE_CHANGES). Raises ConfigError; writes nothing."""
     import yaml
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
@@ -37,8 +39,13 @@ def prepare_run_dir(run_dir: Path, config, resume: bool) -> None:
     elif saved.exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose "
                           f"another --output-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, yaml.safe_dump(config.to_dict(), sort_keys=True))
+
+
+def write_run_config(run_dir: Path, config) -> None:
+    """Create the run dir with its config.yaml (after the models loaded: a failed start leaves none)."""
+    import yaml
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(run_dir) / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=True))
 
 
 class MetricsLog:

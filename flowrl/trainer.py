@@ -4,6 +4,7 @@ Nothing here knows which base model, algorithm or reward runs: they come from th
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -23,7 +24,7 @@ from flowrl.evaluation import eval_indices, evaluate, save_eval
 from flowrl.protocols import Runtime
 from flowrl.registry import ALGORITHMS, POLICIES
 from flowrl.rewards import build_reward
-from flowrl.rundir import MetricsLog, atomic_write_text, prepare_run_dir
+from flowrl.rundir import MetricsLog, atomic_write_text, check_run_dir, write_run_config
 from flowrl.sampling.rollout import RolloutSettings, rollout
 from flowrl.sampling.schedule import step_masks
 
@@ -36,23 +37,27 @@ def options(section) -> dict:
 
 class Trainer:
     def __init__(self, config, run_dir: Path, resume: bool = False, accelerator=None):
-        from flowrl.distributed import build_accelerator
+        from flowrl.distributed import build_accelerator, init_tracking
         self.c, self.run_dir = config, Path(run_dir)
         self.algorithm = ALGORITHMS.build(config.algorithm.name, **options(config.algorithm))
         s = config.sample
         _, train_mask = step_masks(s.num_steps, s.timestep_fraction, s.sde_window_size, 0)
         terms = self.algorithm.num_loss_terms(int(train_mask.sum()))
-        self.acc = accelerator or build_accelerator(
-            config, terms * config.train.gradient_accumulation_steps, self.run_dir)
+        self.acc = accelerator or build_accelerator(config, terms * config.train.gradient_accumulation_steps)
         self.plan = plan_batches(config, self.acc.num_processes)   # raises before any model loads
         self.is_main = self.acc.is_main_process
         if self.is_main:
-            prepare_run_dir(self.run_dir, config, resume)
-        self.acc.wait_for_everyone()
-        self.log = MetricsLog(self.run_dir, self.is_main)
+            check_run_dir(self.run_dir, config, resume)
+        if config.cpu_threads > 0:
+            torch.set_num_threads(config.cpu_threads)
         self.print(f"{self.acc.distributed_type} x {self.acc.num_processes} on {self.acc.device}; "
                    f"batch plan: {self.plan.describe()}")
         self._build_components()
+        if self.is_main:
+            write_run_config(self.run_dir, config)
+        self.acc.wait_for_everyone()
+        init_tracking(self.acc, config, self.run_dir)
+        self.log = MetricsLog(self.run_dir, self.is_main)
         self.start_epoch, self.opt_steps, self.reward_before = 0, 0, None
         if resume:
             self._resume()
@@ -69,6 +74,7 @@ class Trainer:
         with acc.main_process_first():   # the main process trains/caches base models first
             self.policy = POLICIES.build(c.model.name, runtime, **options(c.model))
             self.reward = build_reward(c.reward.weights.to_dict(), c.reward.options.to_dict(), acc.device)
+        self.algorithm.setup(self.policy, self.reward)
         self.prompts = load_prompts(c.prompts.dataset)
         self.test_prompts = load_prompts(c.prompts.test_dataset or c.prompts.dataset)
         params = [p for p in self.policy.net.parameters() if p.requires_grad]
@@ -92,6 +98,7 @@ class Trainer:
         shard = self.acc.process_index if self.sharded_optimizer else None
         state = load_checkpoint(ckpt, self.policy, self.optimizer, self.ema, shard=shard,
                                 num_shards=self.acc.num_processes)
+        self.algorithm.load_state_dict(state["algorithm"])
         self.start_epoch, self.opt_steps = state["epoch"], state["optimizer_steps"]
         self.reward_before = state.get("reward_before")
         self.log.truncate_after(self.start_epoch)
@@ -105,6 +112,8 @@ class Trainer:
             g = torch.Generator().manual_seed(mix_seed(self.c.seed, epoch, 11))
             start = int(torch.randint(s.num_steps - s.sde_window_size + 1, (1,), generator=g))
         sde, train = step_masks(s.num_steps, s.timestep_fraction, s.sde_window_size, max(start, 0))
+        if self.algorithm.sampling == "ode":     # methods that need samples, not log-probs
+            sde, train = torch.zeros_like(sde), torch.zeros_like(train)
         guidance = s.guidance_scale if self.c.train.cfg else 1.0
         return RolloutSettings(self.policy.sigmas(s.num_steps), sde, train, s.noise_level, s.kind, guidance)
 
@@ -180,7 +189,7 @@ class Trainer:
         c, acc = self.c, self.acc
         idx = eval_indices(c.eval.num_samples, acc.process_index, acc.num_processes)
         self.policy.net.eval()
-        ctx = self.ema.applied() if (self.ema is not None and tag != "base") else _nullcontext()
+        ctx = self.ema.applied() if (self.ema is not None and tag != "base") else contextlib.nullcontext()
         with ctx:
             local = evaluate(self.policy, self.reward, self.test_prompts, idx, c.sample.eval_num_steps,
                              c.sample.guidance_scale, c.eval.batch_size, c.eval.seed, acc.device)
@@ -208,7 +217,8 @@ class Trainer:
         if self.is_main:
             extra = {"optimizer_steps": self.opt_steps, "reward_before": self.reward_before,
                      "num_processes": acc.num_processes}
-            finish_checkpoint(tmp, epoch, self.policy, self.ema, extra, self.c.checkpoint.keep_last)
+            finish_checkpoint(tmp, epoch, self.policy, self.ema, extra, self.c.checkpoint.keep_last,
+                              algorithm_state=self.algorithm.state_dict())
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ the loop
@@ -247,7 +257,7 @@ class Trainer:
         row.update({f"{k}_mean": float(v.mean()) for k, v in gathered.tensors.items() if k.startswith("reward.")})
         n = len(batch)
         rank_slice = slice(self.acc.process_index * n, (self.acc.process_index + 1) * n)
-        row.update(self.algorithm.prepare(batch, gathered, rank_slice))
+        row.update(self.algorithm.prepare(self.policy, batch, gathered, rank_slice))
         counts = self.acc.gather(torch.tensor([n], device=self.acc.device)).cpu()
         row["reward_samples_per_rank"] = counts.tolist()   # each rank scores only its own samples
         row.update(self.optimize(batch, st, epoch))
@@ -277,14 +287,6 @@ class Trainer:
                        f"in {summary['wall_seconds']:.1f} s; run dir {self.run_dir}")
         self.acc.end_training()
         return summary
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _progress(start: int, total: int, enabled: bool):

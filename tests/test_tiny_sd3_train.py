@@ -1,8 +1,9 @@
 """End to end: `grpo.py:tiny_sd3` (Flow-GRPO + LoRA on the tiny random SD3) trains 2 epochs through the
-one trainer; only the LoRA moves and the checkpoint loads into diffusers. The reward is not expected to
-rise (the model is random)."""
+one trainer; only the LoRA moves, checkpoints hold the diffusers LoRA file, and the run resumes. The
+reward is not expected to rise (the model is random)."""
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -15,7 +16,17 @@ TINY = ["num_epochs=2", "model.resolution=32", "model.max_sequence_length=16", "
         "logging.progress=False"]
 
 
-def test_tiny_sd3_trains_only_the_lora_and_checkpoints_in_diffusers_format(tmp_path):
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP barriers make
+    2 threads ~40x slower than 1; restored afterwards for the other test modules."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_tiny_sd3_trains_only_the_lora_checkpoints_in_diffusers_format_and_resumes(tmp_path):
     trainer = Trainer(load_config("grpo.py:tiny_sd3", TINY), tmp_path / "run")
     net = trainer.policy.net
     before = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -43,3 +54,7 @@ def test_tiny_sd3_trains_only_the_lora_and_checkpoints_in_diffusers_format(tmp_p
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(abs(r["ratio"] - 1) < 1e-2 for r in rows if "ratio" in r)
     assert (tmp_path / "run" / "eval" / "final").is_dir()
+
+    resumed = Trainer(load_config("grpo.py:tiny_sd3", TINY + ["num_epochs=3"]), tmp_path / "run", resume=True)
+    assert all(torch.equal(p.detach(), after[k]) for k, p in resumed.policy.net.named_parameters() if k in lora)
+    assert resumed.train()["optimizer_steps"] == 6 and (tmp_path / "run" / "checkpoints" / "step_3").is_dir()

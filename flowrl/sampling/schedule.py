@@ -19,7 +19,8 @@ def step_masks(num_steps: int, timestep_fraction: float = 1.0, window_size: int 
     """-> (sde_mask (S,) bool: steps sampled with the SDE, train_mask (S,) bool: steps trained).
 
     window_size == 0 (Flow-GRPO): every step is stochastic; the first round(S * timestep_fraction)
-    are trained (a fraction < 1 drops the last steps, whose tiny sigma makes log-probs overflow).
+    are trained, n = max(1, int(S * timestep_fraction)) as Flow-GRPO (0.99 of 10 steps trains 9:
+    the last step, whose tiny sigma makes log-probs overflow, is dropped).
     window_size > 0 (Flow-GRPO-Fast / MixGRPO): only steps [window_start, window_start+window_size)
     are stochastic and trained; the others use the ODE.
     """
@@ -31,10 +32,9 @@ def step_masks(num_steps: int, timestep_fraction: float = 1.0, window_size: int 
         sde[window_start:window_start + window_size] = True
         return sde, sde.clone()
     sde[:] = True
-    n = int(round(num_steps * timestep_fraction))
-    if not 1 <= n <= num_steps:
-        raise ValueError(f"timestep_fraction={timestep_fraction} trains {n} of {num_steps} steps; "
-                         f"use a value in (0, 1]")
+    if not 0 < timestep_fraction <= 1:
+        raise ValueError(f"sample.timestep_fraction={timestep_fraction}: use a value in (0, 1]")
+    n = max(1, int(num_steps * timestep_fraction + 1e-9))
     train = torch.zeros(num_steps, dtype=torch.bool)
     train[:n] = True
     return sde, train

@@ -68,7 +68,8 @@ def test_efficientnet_has_imagenet_weights(effnet, photos):
     flower.jpg as a daisy. Random or wrongly normalised weights fail this."""
     from flowrl.metrics.features import efficientnet_logits
     logits = efficientnet_logits(torch.stack([resize_center_crop(p[None], 224)[0] for p in photos]))
-    buildings = {442, 483, 497, 538, 663, 668, 698}  # bell cote, castle, church, dome, monastery, mosque, palace
+    # bell cote, castle, church, dome, monastery, mosque, palace
+    buildings = {442, 483, 497, 538, 663, 668, 698}
     assert set(logits[0].topk(5).indices.tolist()) & buildings
     assert logits[1].argmax().item() == 985  # daisy
     assert effnet.training is False and not any(p.requires_grad for p in effnet.parameters())

@@ -80,8 +80,9 @@ def test_rollout_records_states_and_log_probs_only_on_sde_steps():
 
 
 def test_step_masks_fraction_and_errors():
-    sde, train = step_masks(10, timestep_fraction=0.9)
+    sde, train = step_masks(10, timestep_fraction=0.99)      # Flow-GRPO: int(9.9) = 9 trained steps
     assert sde.all() and train.sum() == 9 and not train[-1]
+    assert step_masks(10, timestep_fraction=1.0)[1].all()
     with pytest.raises(ValueError, match="window"):
         step_masks(10, window_size=4, window_start=8)
     with pytest.raises(ValueError, match="timestep_fraction"):

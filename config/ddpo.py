@@ -1,0 +1,30 @@
+"""DDPO / PPO experiments (seed 000: PPO on two moons). Pick one with `--config ddpo.py:NAME`."""
+import ml_collections
+
+from flowrl.config import sibling
+
+grpo = sibling(__file__, "grpo")
+
+
+def moons():
+    """Two moons unlearning with DDPO: per-prompt stat tracking (one prompt here), no KL."""
+    c = grpo.moons()
+    c.algorithm = ml_collections.ConfigDict({
+        "name": "ddpo", "clip_range": 0.2, "adv_clip_max": 5.0, "per_prompt_stat_tracking": True,
+        "buffer_size": 1024, "min_count": 512, "beta": 0.2})
+    return c
+
+
+def moons_fidelity():
+    c = moons()
+    c.reward.weights = ml_collections.ConfigDict({"moons_fidelity": 1.0})
+    return c
+
+
+EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity}
+
+
+def get_config(name="moons"):
+    if name not in EXPERIMENTS:
+        raise KeyError(f"ddpo.py has no experiment {name!r}; known: {sorted(EXPERIMENTS)}")
+    return EXPERIMENTS[name]()

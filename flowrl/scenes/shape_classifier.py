@@ -1,0 +1,138 @@
+"""A tiny shape classifier for the scene reward: logistic regression on one object's crop.
+
+Features of a component (a connected blob of one colour): its soft mask (pixel saturation / the blob's
+90th-percentile saturation, in [0, 1]) over the box grown by 1 px, resized to 12 x 12, plus
+log(width / height), the fill ratio of the hard mask in its box and the centroid row / box height.
+Classes: square, circle, triangle and "other" (elongated bars and ellipses, two shapes merged into
+one blob), so junk is not counted as an object.
+
+Training set: generator scenes (all six categories), Gaussian-blurred with sigma ~ U(0, 1.2) px in 80 %
+of them and with pixel noise (0.02), so that the soft edges of a VAE decoder or a half-trained model
+still read as the shape a person would name; plus junk scenes. ~6 k blobs, sklearn's
+LogisticRegression (lbfgs, deterministic), ~10 s on one core; the weights are cached by flowrl.cache
+under a name that hashes this file and the generator (changed code retrains).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+
+from flowrl.scenes import generator as g
+
+CLASSES = ("square", "circle", "triangle", "other")
+CROP = 12
+
+
+def component_features(sat: np.ndarray, mask: np.ndarray, box: Tuple[slice, slice]) -> np.ndarray:
+    """sat (H, W) saturation of the image; mask (h, w) bool: the blob inside its box `box` (slices)
+    -> (CROP * CROP + 3,) float features (see module doc)."""
+    (ys, xs), (big_h, big_w) = box, sat.shape
+    y0, y1, x0, x1 = max(ys.start - 1, 0), min(ys.stop + 1, big_h), max(xs.start - 1, 0), min(xs.stop + 1, big_w)
+    ref = max(float(np.percentile(sat[box][mask], 90)), 1e-3)
+    soft = torch.from_numpy(np.clip(sat[y0:y1, x0:x1] / ref, 0, 1)).float()[None, None]
+    crop = torch.nn.functional.interpolate(soft, (CROP, CROP), mode="bilinear", align_corners=False)
+    h, w = mask.shape
+    stats = [np.log(w / h), mask.mean(), (np.nonzero(mask)[0].mean() + 0.5) / h]
+    return np.concatenate([crop.flatten().numpy(), stats])
+
+
+def _blob_coverage(kind: str, cx: float, cy: float, w: float, h: float, side: int, ss: int = 4) -> np.ndarray:
+    """(side, side) coverage of an axis-aligned bar ("bar") or ellipse ("ellipse") of size w x h."""
+    t = (np.arange(side * ss) + 0.5) / ss
+    x, y = (t[None, :] - cx) / (w / 2), (t[:, None] - cy) / (h / 2)
+    inside = (np.abs(x) <= 1) & (np.abs(y) <= 1) if kind == "bar" else x ** 2 + y ** 2 <= 1
+    return inside.reshape(side, ss, side, ss).mean(axis=(1, 3))
+
+
+def junk_image(rng: np.random.Generator, side: int = 32) -> np.ndarray:
+    """(side, side, 3) in [0, 1]: one junk blob (an elongated bar / ellipse, or two same-colour shapes
+    overlapping into one blob) on the scene background."""
+    img = np.full((side, side, 3), g.BACKGROUND)
+    size = rng.uniform(0.2, 0.32) * side
+    cx, cy = rng.uniform(0.35, 0.65, 2) * side
+    kind = ("bar", "ellipse", "merged")[int(rng.integers(3))]
+    if kind == "merged":
+        a, b = rng.choice(g.SHAPES, 2)
+        d = rng.uniform(0.35, 0.7) * size * np.array([np.cos(phi := rng.uniform(0, 2 * np.pi)), np.sin(phi)])
+        cov = np.maximum(g.coverage(a, cx, cy, size, side), g.coverage(b, cx + d[0], cy + d[1], size, side))
+    else:
+        long_, short = size * rng.uniform(1.8, 3.0), size * rng.uniform(0.6, 0.9)
+        w, h = (long_, short) if rng.random() < 0.5 else (short, long_)
+        cov = _blob_coverage(kind, cx, cy, min(w, side - 2), min(h, side - 2), side)
+    rgb = np.asarray(list(g.COLORS.values())[int(rng.integers(len(g.COLORS)))])
+    return img * (1 - cov[..., None]) + rgb * cov[..., None]
+
+
+def _degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    from scipy import ndimage
+
+    if rng.random() < 0.8:
+        s = rng.uniform(0, 1.2)
+        img = ndimage.gaussian_filter(img, (s, s, 0))
+    return np.clip(img + rng.normal(0, 0.02, img.shape), 0, 1)
+
+
+def training_set(num_scenes: int = 3000, side: int = 32, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """-> features (N, F), labels (N,) int into CLASSES: blobs of degraded generator scenes (labelled by
+    the nearest drawn object, 'other' if none is within 10 % of the side) and of junk images."""
+    from flowrl.rewards.scene import blobs
+    from flowrl.scenes.promptsets import all_attributes
+
+    specs, rng = [a for a, _ in all_attributes()], np.random.default_rng(seed)
+    feats, labels = [], []
+    for i in range(num_scenes):
+        junk = i % 5 == 4
+        if junk:
+            img, objects = junk_image(rng, side), []
+        else:
+            scene = g.make_scene(specs[i % len(specs)], 777_000 + i, side)
+            img, objects = scene.image.permute(1, 2, 0).double().numpy(), scene.objects
+        for f, cx, cy, _ in blobs(_degrade(img, rng)):
+            dist = [abs(o["cx"] - cx) + abs(o["cy"] - cy) for o in objects]
+            near = bool(dist) and min(dist) < 0.1 * side
+            feats.append(f)
+            labels.append(CLASSES.index(objects[int(np.argmin(dist))]["class"]) if near else 3)
+    return np.asarray(feats), np.asarray(labels)
+
+
+def fit() -> Dict[str, torch.Tensor]:
+    """Train the classifier -> {"coef": (4, F), "intercept": (4,)} float32 (CLASSES order)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = training_set()
+    clf = LogisticRegression(C=1.0, max_iter=3000).fit(x, y)
+    coef = np.zeros((len(CLASSES), x.shape[1]))
+    intercept = np.full(len(CLASSES), -1e4)          # a class absent from the data is never predicted
+    coef[clf.classes_], intercept[clf.classes_] = clf.coef_, clf.intercept_
+    return {"coef": torch.tensor(coef, dtype=torch.float32), "intercept": torch.tensor(intercept, dtype=torch.float32)}
+
+
+def cache_name() -> str:
+    files = [Path(__file__), Path(g.__file__)]
+    return "scene_shape_classifier_" + hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
+
+
+_WEIGHTS: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+
+
+def weights() -> Tuple[np.ndarray, np.ndarray]:
+    """(coef (4, F), intercept (4,)) float64, trained once and cached (memory and flowrl cache)."""
+    from flowrl.cache import cached_state_dict
+
+    name = cache_name()
+    if name not in _WEIGHTS:
+        state = cached_state_dict(name, fit)
+        _WEIGHTS[name] = (state["coef"].double().numpy(), state["intercept"].double().numpy())
+    return _WEIGHTS[name]
+
+
+def classify(features: List[np.ndarray]) -> List[str]:
+    """Blob features (component_features) -> class names (CLASSES)."""
+    if not features:
+        return []
+    coef, intercept = weights()
+    return [CLASSES[i] for i in (np.asarray(features) @ coef.T + intercept).argmax(1)]
