@@ -71,8 +71,9 @@ def eval_diversity(
     from flowrl.diversity_eval import Settings, run_eval_diversity
     if (run_dir is None) == (samples is None):
         _fail("give either a RUN_DIR or --samples FILE.npz (not both)")
-    settings = Settings(num_samples, encoder, clip_path, kernel, bandwidth, entropy, probes, entropy_steps,
-                        entropy_samples, reward, ema, batch_size)
+    settings = Settings(num_samples=num_samples, encoder=encoder, clip_path=clip_path, kernel=kernel,
+                        bandwidth=bandwidth, entropy=entropy, num_probes=probes, entropy_steps=entropy_steps,
+                        entropy_samples=entropy_samples, reward=reward, use_ema=ema, batch_size=batch_size)
     try:
         run_eval_diversity(samples or run_dir, samples is not None, settings, output)
     except (CheckpointError, FileNotFoundError, ValueError, ImportError) as e:

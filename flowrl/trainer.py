@@ -137,18 +137,35 @@ class Trainer:
             pidx, gids = prompt_idx[b * B:(b + 1) * B], group_ids[b * B:(b + 1) * B]
             prompts = [self.prompts.prompts[i] for i in pidx.tolist()]
             meta = [self.prompts.metadata[i] for i in pidx.tolist()]
-            cond = self.policy.encode(prompts)
+            with self.timed("encode"):
+                cond = self.policy.encode(prompts)
             noise = self.initial_noise(len(pidx), gids, epoch, b).to(acc.device)
             gen = torch.Generator().manual_seed(mix_seed(c.seed, epoch, acc.process_index, b, 9))
-            traj = rollout(lambda x, s: self.policy.velocity(x, s, cond, guidance=c.sample.guidance_scale),
-                           noise, st.sigmas, st.sde_mask, st.noise_level, st.kind, gen)
-            total, parts = self.reward(self.policy.decode(traj.final), prompts, meta)
+            with self.timed("sample"):
+                traj = rollout(lambda x, s: self.policy.velocity(x, s, cond, guidance=c.sample.guidance_scale),
+                               noise, st.sigmas, st.sde_mask, st.noise_level, st.kind, gen)
+            with self.timed("decode"):
+                images = self.policy.decode(traj.final)
+            with self.timed("reward"):
+                total, parts = self.reward(images, prompts, meta)
             tensors = {"latents": traj.latents, "log_probs": traj.log_probs, "rewards": total,
                        "prompt_ids": pidx, "group_ids": gids,
                        **{f"reward.{k}": v for k, v in parts.items()},
                        **{f"cond.{k}": v for k, v in cond.items()}}
             batches.append(Batch(tensors, {"prompts": prompts, "metadata": meta}))
         return Batch.cat(batches)
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        """Accumulate wall time of a phase into self.timers (synchronising the GPU, if any)."""
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+        sync()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync()
+            self.timers[name] += time.perf_counter() - t
 
     def gather(self, batch: Batch) -> Batch:
         keys = ["rewards", "prompt_ids", "group_ids"] + [k for k in batch.tensors if k.startswith("reward.")]
@@ -246,6 +263,7 @@ class Trainer:
         return self.finish(t0)
 
     def epoch(self, epoch: int) -> Dict:
+        self.timers = defaultdict(float)
         t0 = time.time()
         st = self.step_settings(epoch)
         self.policy.net.eval()
@@ -261,7 +279,8 @@ class Trainer:
         counts = self.acc.gather(torch.tensor([n], device=self.acc.device)).cpu()
         row["reward_samples_per_rank"] = counts.tolist()   # each rank scores only its own samples
         row.update(self.optimize(batch, st, epoch))
-        row.update(time_sample=t1 - t0, time_train=time.time() - t1)
+        row.update({f"time_{k}": v for k, v in self.timers.items()})
+        row.update(time_collect=t1 - t0, time_train=time.time() - t1)
         if os.environ.get("FLOWRL_DUMP_DIR"):
             self._dump(epoch, batch)
         return row

@@ -25,11 +25,11 @@ def run(spec: str, target: float, extra):
         rows = [json.loads(l) for l in (Path(d) / "run" / "metrics.jsonl").read_text().splitlines()]
     work, hit = 0.0, None
     for r in rows[1:]:
-        work += r["time_sample"] + r["time_train"]
+        work += r["time_collect"] + r["time_train"]
         if hit is None and r.get("eval_reward", 0) >= target:
             hit = (r["epoch"], work)
-    train_s = sum(r["time_sample"] + r["time_train"] for r in rows[1:])
-    sample_s = sum(r["time_sample"] for r in rows[1:])
+    train_s = sum(r["time_collect"] + r["time_train"] for r in rows[1:])
+    sample_s = sum(r["time_collect"] for r in rows[1:])
     return {"config": spec, "setup_s": setup, "reward_before": summary["reward_before"],
             "reward_after": summary["reward_after"], "epochs": cfg.num_epochs,
             "epoch_to_target": hit[0] if hit else None, "seconds_to_target": hit[1] if hit else None,

@@ -6,9 +6,10 @@ log(width / height), the fill ratio of the hard mask in its box and the centroid
 Classes: square, circle, triangle and "other" (elongated bars and ellipses, two shapes merged into
 one blob), so junk is not counted as an object.
 
-Training set: generator scenes (all six categories), Gaussian-blurred with sigma ~ U(0, 1.2) px in 80 %
-of them and with pixel noise (0.02), so that the soft edges of a VAE decoder or a half-trained model
-still read as the shape a person would name; plus junk scenes. ~6 k blobs, sklearn's
+Training set: generator layouts (all six categories) drawn with each shape's coverage blurred
+(sigma ~ U(0, 1.5) px) and half of the time re-sharpened, plus pixel noise (0.02), so that the soft
+edges and rounded corners of a VAE decoder or a half-trained model still read as the shape a person
+would name; plus junk images (1 in 5). ~6 k blobs, sklearn's
 LogisticRegression (lbfgs, deterministic), ~10 s on one core; the weights are cached by flowrl.cache
 under a name that hashes this file and the generator (changed code retrains).
 """
@@ -48,37 +49,49 @@ def _blob_coverage(kind: str, cx: float, cy: float, w: float, h: float, side: in
     return inside.reshape(side, ss, side, ss).mean(axis=(1, 3))
 
 
-def junk_image(rng: np.random.Generator, side: int = 32) -> np.ndarray:
-    """(side, side, 3) in [0, 1]: one junk blob (an elongated bar / ellipse, or two same-colour shapes
-    overlapping into one blob) on the scene background."""
-    img = np.full((side, side, 3), g.BACKGROUND)
+def _soften(cov: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A coverage map as a decoder draws it: blurred (sigma ~ U(0, 1.5) px) and, half of the time,
+    re-sharpened around 0.5 (gain ~ U(1, 3)): soft or rounded corners, edges crisp or not."""
+    from scipy import ndimage
+
+    cov = ndimage.gaussian_filter(cov, rng.uniform(0, 1.5))
+    if rng.random() < 0.5:
+        cov = np.clip((cov - 0.5) * rng.uniform(1, 3) + 0.5, 0, 1)
+    return cov
+
+
+def _junk_coverage(rng: np.random.Generator, side: int) -> np.ndarray:
+    """A junk blob's coverage: an elongated bar / ellipse (aspect 2-3.2) or two shapes merged into one
+    blob (centres 0.55-0.8 sizes apart)."""
     size = rng.uniform(0.2, 0.32) * side
     cx, cy = rng.uniform(0.35, 0.65, 2) * side
     kind = ("bar", "ellipse", "merged")[int(rng.integers(3))]
     if kind == "merged":
         a, b = rng.choice(g.SHAPES, 2)
-        d = rng.uniform(0.35, 0.7) * size * np.array([np.cos(phi := rng.uniform(0, 2 * np.pi)), np.sin(phi)])
-        cov = np.maximum(g.coverage(a, cx, cy, size, side), g.coverage(b, cx + d[0], cy + d[1], size, side))
-    else:
-        long_, short = size * rng.uniform(1.8, 3.0), size * rng.uniform(0.6, 0.9)
-        w, h = (long_, short) if rng.random() < 0.5 else (short, long_)
-        cov = _blob_coverage(kind, cx, cy, min(w, side - 2), min(h, side - 2), side)
-    rgb = np.asarray(list(g.COLORS.values())[int(rng.integers(len(g.COLORS)))])
-    return img * (1 - cov[..., None]) + rgb * cov[..., None]
+        phi = rng.uniform(0, 2 * np.pi)
+        dx, dy = rng.uniform(0.55, 0.8) * size * np.array([np.cos(phi), np.sin(phi)])
+        return np.maximum(g.coverage(a, cx, cy, size, side), g.coverage(b, cx + dx, cy + dy, size, side))
+    long_, short = size * rng.uniform(2.0, 3.2), size * rng.uniform(0.6, 0.9)
+    w, h = (long_, short) if rng.random() < 0.5 else (short, long_)
+    return _blob_coverage(kind, cx, cy, min(w, side - 2), min(h, side - 2), side)
 
 
-def _degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    from scipy import ndimage
-
-    if rng.random() < 0.8:
-        s = rng.uniform(0, 1.2)
-        img = ndimage.gaussian_filter(img, (s, s, 0))
+def degraded_image(objects: List[dict], junk: bool, rng: np.random.Generator, side: int = 32) -> np.ndarray:
+    """(side, side, 3) in [0, 1]: `objects` (generator.layout dicts) or, if `junk`, one junk blob,
+    each coverage softened (_soften), composited on the background, plus pixel noise (0.02)."""
+    img = np.full((side, side, 3), g.BACKGROUND)
+    names = list(g.COLORS)
+    layers = ([(_junk_coverage(rng, side), names[int(rng.integers(len(names)))])] if junk else
+              [(g.coverage(o["class"], o["cx"], o["cy"], o["size"], side), o["color"]) for o in objects])
+    for cov, color in layers:
+        cov = _soften(cov, rng)[..., None]
+        img = img * (1 - cov) + np.asarray(g.COLORS[color]) * cov
     return np.clip(img + rng.normal(0, 0.02, img.shape), 0, 1)
 
 
 def training_set(num_scenes: int = 3000, side: int = 32, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """-> features (N, F), labels (N,) int into CLASSES: blobs of degraded generator scenes (labelled by
-    the nearest drawn object, 'other' if none is within 10 % of the side) and of junk images."""
+    the nearest drawn object, 'other' if none is within 10 % of the side) and of junk images (1 in 5)."""
     from flowrl.rewards.scene import blobs
     from flowrl.scenes.promptsets import all_attributes
 
@@ -86,12 +99,8 @@ def training_set(num_scenes: int = 3000, side: int = 32, seed: int = 0) -> Tuple
     feats, labels = [], []
     for i in range(num_scenes):
         junk = i % 5 == 4
-        if junk:
-            img, objects = junk_image(rng, side), []
-        else:
-            scene = g.make_scene(specs[i % len(specs)], 777_000 + i, side)
-            img, objects = scene.image.permute(1, 2, 0).double().numpy(), scene.objects
-        for f, cx, cy, _ in blobs(_degrade(img, rng)):
+        objects = [] if junk else g.layout(specs[i % len(specs)], side, rng)
+        for f, cx, cy, _ in blobs(degraded_image(objects, junk, rng, side)):
             dist = [abs(o["cx"] - cx) + abs(o["cy"] - cy) for o in objects]
             near = bool(dist) and min(dist) < 0.1 * side
             feats.append(f)

@@ -1,0 +1,48 @@
+import math
+
+import pytest
+import torch
+
+from flowrl.algorithms.orw import ORWCFMW2, orw_cfm_w2_loss, ot_pair, reward_weights
+
+
+def test_unit_weights_and_no_w2_is_plain_cfm():
+    g = torch.Generator().manual_seed(0)
+    v, u, ref = (torch.randn(6, 3, 4, 4, generator=g) for _ in range(3))
+    loss, fm, w2 = orw_cfm_w2_loss(v, u, ref, torch.ones(6), alpha=0.0)
+    assert loss.item() == pytest.approx(((v - u) ** 2).mean().item(), rel=1e-6)
+
+
+def test_w2_term_vanishes_when_policy_equals_reference():
+    v, u = torch.randn(4, 2), torch.randn(4, 2)
+    loss, fm, w2 = orw_cfm_w2_loss(v, u, v.clone(), torch.ones(4), alpha=3.0)
+    assert torch.equal(w2, torch.zeros(4))
+    assert loss.item() == pytest.approx(fm.mean().item())
+
+
+def test_loss_hand_computed_and_w2_gradient_only_through_policy():
+    v = torch.tensor([[1.0, 1.0]], requires_grad=True)
+    u, ref = torch.zeros(1, 2), torch.tensor([[3.0, 1.0]], requires_grad=True)
+    loss, _, _ = orw_cfm_w2_loss(v, u, ref, torch.tensor([2.0]), alpha=0.5)
+    assert loss.item() == pytest.approx(2 * 1.0 + 0.5 * (4 + 0) / 2)
+    loss.backward()
+    assert ref.grad is None                       # v_ref is detached (stop-gradient)
+
+
+def test_reward_weights_exp_and_normalised():
+    r = torch.tensor([0.0, 1.0])
+    assert reward_weights(r, 0.5, False).tolist() == pytest.approx([1.0, math.exp(0.5)])
+    w = reward_weights(r, 0.5, True)
+    assert w.mean().item() == pytest.approx(1.0) and w[1] / w[0] == pytest.approx(math.exp(0.5))
+
+
+def test_ot_pairing_is_optimal_on_a_permuted_copy():
+    x1 = torch.randn(7, 3)
+    perm = torch.randperm(7)
+    assert torch.equal(ot_pair(x1, x1[perm]), x1)
+
+
+@pytest.mark.parametrize("kw,msg", [({"w2_coefficient": -1.0}, "alpha"), ({"temperature": 0.0}, "tau")])
+def test_bad_options_are_refused(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        ORWCFMW2(**kw)
