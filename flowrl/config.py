@@ -92,8 +92,9 @@ class BatchPlan:
         return ", ".join(f"{k}={v}" for k, v in asdict(self).items())
 
 
-def plan_batches(c, num_processes: int) -> BatchPlan:
-    """Check that the batch sizes divide; raise ConfigError naming the numbers to change."""
+def plan_batches(c, num_processes: int, group_local: bool = False) -> BatchPlan:
+    """Check that the batch sizes divide; raise ConfigError naming the numbers to change.
+    group_local: the algorithm needs each prompt group on one rank and in one minibatch."""
     s, t, P = c.sample, c.train, num_processes
     for key, val in [("sample.batch_size", s.batch_size), ("sample.num_batches_per_epoch",
                      s.num_batches_per_epoch), ("sample.group_size", s.group_size),
@@ -117,6 +118,11 @@ def plan_batches(c, num_processes: int) -> BatchPlan:
         raise ConfigError(
             f"train.gradient_accumulation_steps ({t.gradient_accumulation_steps}) must divide the "
             f"{minibatches} minibatches per inner epoch (= {per_proc} / train.batch_size {t.batch_size})")
+    if group_local and (per_proc % s.group_size or t.batch_size % s.group_size):
+        raise ConfigError(
+            f"algorithm {c.algorithm.name!r} keeps each prompt group (sample.group_size = {s.group_size}) "
+            f"on one process and in one minibatch: make sample.batch_size x sample.num_batches_per_epoch "
+            f"({per_proc}) and train.batch_size ({t.batch_size}) multiples of the group size")
     if c.eval.num_samples % P:
         raise ConfigError(f"eval.num_samples ({c.eval.num_samples}) must be divisible by the "
                           f"{P} processes; change eval.num_samples")

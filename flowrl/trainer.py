@@ -19,13 +19,13 @@ from flowrl.checkpoint import (begin_checkpoint, finish_checkpoint, latest_check
                                write_optimizer)
 from flowrl.config import plan_batches
 from flowrl.data.prompts import load_prompts
-from flowrl.data.sampler import epoch_assignment, mix_seed
+from flowrl.data.sampler import epoch_assignment, group_shuffle, mix_seed
 from flowrl.evaluation import eval_indices, evaluate, save_eval
 from flowrl.protocols import Runtime
 from flowrl.registry import ALGORITHMS, POLICIES
 from flowrl.rewards import build_reward
 from flowrl.rundir import MetricsLog, atomic_write_text, check_run_dir, write_run_config
-from flowrl.sampling.rollout import RolloutSettings, rollout
+from flowrl.sampling.rollout import RolloutSettings
 from flowrl.sampling.schedule import step_masks
 
 
@@ -44,7 +44,8 @@ class Trainer:
         _, train_mask = step_masks(s.num_steps, s.timestep_fraction, s.sde_window_size, 0)
         terms = self.algorithm.num_loss_terms(int(train_mask.sum()))
         self.acc = accelerator or build_accelerator(config, terms * config.train.gradient_accumulation_steps)
-        self.plan = plan_batches(config, self.acc.num_processes)   # raises before any model loads
+        self.plan = plan_batches(config, self.acc.num_processes,   # raises before any model loads
+                                 group_local=self.algorithm.group_local)
         self.is_main = self.acc.is_main_process
         if self.is_main:
             check_run_dir(self.run_dir, config, resume)
@@ -77,18 +78,33 @@ class Trainer:
         self.algorithm.setup(self.policy, self.reward)
         self.prompts = load_prompts(c.prompts.dataset)
         self.test_prompts = load_prompts(c.prompts.test_dataset or c.prompts.dataset)
-        params = [p for p in self.policy.net.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError(f"policy {c.model.name!r} has no trainable parameters")
-        self.params = params
-        opt = torch.optim.AdamW(params, lr=c.train.lr, betas=(c.train.adam_beta1, c.train.adam_beta2),
+        self._build_optimizer()
+
+    def _build_optimizer(self) -> None:
+        """AdamW over the policy's trainable weights and the algorithm's own modules (value nets);
+        every trained module is wrapped by accelerate (DDP / DeepSpeed)."""
+        c, acc = self.c, self.acc
+        extra = self.algorithm.modules()
+        policy_params = [p for p in self.policy.net.parameters() if p.requires_grad]
+        extra_params = [p for m in extra.values() for p in m.parameters() if p.requires_grad]
+        if not policy_params + extra_params:
+            raise ValueError(f"policy {c.model.name!r} with algorithm {c.algorithm.name!r} has no "
+                             f"trainable parameters")
+        self.params = policy_params + extra_params
+        opt = torch.optim.AdamW(self.params, lr=c.train.lr, betas=(c.train.adam_beta1, c.train.adam_beta2),
                                 weight_decay=c.train.adam_weight_decay, eps=c.train.adam_epsilon)
-        self.policy.model, self.optimizer = acc.prepare(self.policy.net, opt)
+        modules = ([self.policy.net] if policy_params else []) + list(extra.values())
+        *wrapped, self.optimizer = acc.prepare(*modules, opt)
+        if policy_params:
+            self.policy.model = wrapped[0]
+        self.algorithm.bind_modules(dict(zip(extra, wrapped[len(wrapped) - len(extra):])))
+        self.trained_modules = wrapped
         self.ema = None
-        if c.train.ema:
+        if c.train.ema and policy_params:
             from flowrl.ema import EMA
-            self.ema = EMA(params, c.train.ema_decay, c.train.ema_every)
-        self.print(f"policy {c.model.name}: {sum(p.numel() for p in params):,} trainable parameters")
+            self.ema = EMA(policy_params, c.train.ema_decay, c.train.ema_every)
+        self.print(f"policy {c.model.name}: {sum(p.numel() for p in policy_params):,} trainable parameters"
+                   + (f"; algorithm modules: {sum(p.numel() for p in extra_params):,}" if extra else ""))
 
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir)
@@ -115,7 +131,8 @@ class Trainer:
         if self.algorithm.sampling == "ode":     # methods that need samples, not log-probs
             sde, train = torch.zeros_like(sde), torch.zeros_like(train)
         guidance = s.guidance_scale if self.c.train.cfg else 1.0
-        return RolloutSettings(self.policy.sigmas(s.num_steps), sde, train, s.noise_level, s.kind, guidance)
+        return RolloutSettings(self.policy.sigmas(s.num_steps), sde, train, s.noise_level, s.kind, guidance,
+                               s.guidance_scale)
 
     def initial_noise(self, n: int, group_ids: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
         shape = self.policy.sample_shape
@@ -131,7 +148,8 @@ class Trainer:
         c, acc = self.c, self.acc
         prompt_idx, group_ids = epoch_assignment(len(self.prompts), self.plan.groups_per_epoch,
                                                  c.sample.group_size, acc.num_processes,
-                                                 acc.process_index, c.seed, epoch)
+                                                 acc.process_index, c.seed, epoch,
+                                                 local=self.algorithm.group_local)
         batches, B = [], c.sample.batch_size
         for b in range(c.sample.num_batches_per_epoch):
             pidx, gids = prompt_idx[b * B:(b + 1) * B], group_ids[b * B:(b + 1) * B]
@@ -142,8 +160,7 @@ class Trainer:
             noise = self.initial_noise(len(pidx), gids, epoch, b).to(acc.device)
             gen = torch.Generator().manual_seed(mix_seed(c.seed, epoch, acc.process_index, b, 9))
             with self.timed("sample"):
-                traj = rollout(lambda x, s: self.policy.velocity(x, s, cond, guidance=c.sample.guidance_scale),
-                               noise, st.sigmas, st.sde_mask, st.noise_level, st.kind, gen)
+                traj = self.algorithm.rollout(self.policy, noise, cond, st, gen)
             with self.timed("decode"):
                 images = self.policy.decode(traj.final)
             with self.timed("reward"):
@@ -178,11 +195,13 @@ class Trainer:
         self.policy.net.train()
         for inner in range(c.train.num_inner_epochs):
             g = torch.Generator().manual_seed(mix_seed(c.seed, epoch, acc.process_index, inner, 13))
-            shuffled = batch.select(torch.randperm(len(batch), generator=g))
+            perm = (group_shuffle(batch["group_ids"], g) if self.algorithm.group_local
+                    else torch.randperm(len(batch), generator=g))
+            shuffled = batch.select(perm)
             for mb in shuffled.split(c.train.batch_size):
                 mb = mb.to(acc.device)
                 for loss, metrics in self.algorithm.loss_terms(self.policy, mb, st):
-                    with acc.accumulate(self.policy.model):
+                    with acc.accumulate(*self.trained_modules):
                         acc.backward(loss)
                         if acc.sync_gradients:
                             norm = acc.clip_grad_norm_(self.params, c.train.max_grad_norm)

@@ -8,12 +8,13 @@ import torch
 
 from flowrl.algorithms.advantages import PerPromptStatTracker
 from flowrl.algorithms.grpo import clipped_step_losses
+from flowrl.algorithms.base import AlgorithmBase
 from flowrl.batch import Batch
 from flowrl.registry import ALGORITHMS
 
 
 @ALGORITHMS.register("ddpo")
-class DDPO:
+class DDPO(AlgorithmBase):
     """Options (config.algorithm): clip_range, adv_clip_max, per_prompt_stat_tracking (else the
     batch mean/std), buffer_size and min_count of the tracker, beta (KL to the base; DDPO uses 0)."""
 
@@ -26,9 +27,6 @@ class DDPO:
             raise ValueError("algorithm: need clip_range > 0, adv_clip_max > 0, beta >= 0, min_count >= 1")
         self.clip_range, self.adv_clip_max, self.beta = clip_range, adv_clip_max, beta
         self.tracker = PerPromptStatTracker(buffer_size, min_count) if per_prompt_stat_tracking else None
-
-    def setup(self, policy, reward) -> None:
-        pass
 
     def prepare(self, policy, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
         """Advantages on the gathered rewards (every rank updates the same tracker identically)."""

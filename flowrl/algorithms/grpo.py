@@ -8,6 +8,7 @@ import torch
 
 from flowrl.algorithms.advantages import group_advantages
 from flowrl.algorithms.losses import clipped_surrogate
+from flowrl.algorithms.base import AlgorithmBase
 from flowrl.batch import Batch
 from flowrl.registry import ALGORITHMS
 from flowrl.sampling.rollout import RolloutSettings
@@ -29,7 +30,7 @@ def step_log_prob(policy, batch: Batch, j: int, st: RolloutSettings):
 
 
 @ALGORITHMS.register("grpo")
-class GRPO:
+class GRPO(AlgorithmBase):
     """Options (config.algorithm): clip_range (epsilon of the ratio clip), beta (KL coefficient),
     adv_clip_max (|A| bound), std_per_group (normalise by the group's std instead of the global)."""
 
@@ -42,14 +43,7 @@ class GRPO:
         self.clip_range, self.beta = clip_range, beta
         self.adv_clip_max, self.std_per_group = adv_clip_max, std_per_group
 
-    def setup(self, policy, reward) -> None:
-        pass
 
-    def state_dict(self) -> Dict:
-        return {}
-
-    def load_state_dict(self, state: Dict) -> None:
-        pass
 
     def prepare(self, policy, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
         """Advantages over the GLOBAL batch (all ranks), then this rank's rows. Groups with zero

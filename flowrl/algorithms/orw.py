@@ -15,6 +15,7 @@ from typing import Dict, Iterator, Tuple
 import torch
 
 from flowrl.algorithms.grpo import cond_of
+from flowrl.algorithms.base import AlgorithmBase
 from flowrl.batch import Batch
 from flowrl.registry import ALGORITHMS
 
@@ -46,7 +47,7 @@ def ot_pair(x1: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
 
 
 @ALGORITHMS.register("orw_cfm_w2")
-class ORWCFMW2:
+class ORWCFMW2(AlgorithmBase):
     """Options: w2_coefficient (alpha >= 0, default 1.0), temperature (tau > 0, default 0.5),
     normalize_weights (default False, as the authors' code), ot_pairing (default True)."""
 
@@ -61,9 +62,6 @@ class ORWCFMW2:
         self.alpha, self.tau = w2_coefficient, temperature
         self.normalize, self.ot = normalize_weights, ot_pairing
         self._generator = torch.Generator().manual_seed(0)
-
-    def setup(self, policy, reward) -> None:
-        pass
 
     def prepare(self, policy, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
         from flowrl.data.sampler import mix_seed   # fresh, rank-distinct, resumable noise each epoch
@@ -89,9 +87,3 @@ class ORWCFMW2:
             v_ref = policy.velocity(xt, sigma, cond, guidance=1.0)
         loss, fm, w2 = orw_cfm_w2_loss(v.float(), (x0 - x1).float(), v_ref.float(), mb["weights"], self.alpha)
         yield loss, {"fm_loss": fm.mean().item(), "w2": w2.mean().item()}
-
-    def state_dict(self) -> Dict:
-        return {}
-
-    def load_state_dict(self, state: Dict) -> None:
-        pass

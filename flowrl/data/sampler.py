@@ -19,12 +19,13 @@ def mix_seed(*parts: int) -> int:
 
 
 def epoch_assignment(num_prompts: int, num_groups: int, group_size: int, world_size: int,
-                     rank: int, seed: int, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                     rank: int, seed: int, epoch: int, local: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """-> (prompt_idx (n,), group_idx (n,)) for this rank's n = num_groups*group_size/world_size samples.
 
     Prompts are drawn without replacement when the dataset has enough of them (else with), each
     repeated group_size times; the G*k list is shuffled with one generator shared by all ranks and
-    split evenly, so a group's samples land on several ranks and the union over ranks is exact."""
+    split evenly, so a group's samples land on several ranks and the union over ranks is exact.
+    local=True keeps each group's samples together, consecutive, on one rank (preference pairs)."""
     total = num_groups * group_size
     if total % world_size:
         raise ValueError(f"{total} samples per epoch do not split over {world_size} processes")
@@ -33,9 +34,17 @@ def epoch_assignment(num_prompts: int, num_groups: int, group_size: int, world_s
         prompts = torch.randperm(num_prompts, generator=g)[:num_groups]
     else:
         prompts = torch.randint(num_prompts, (num_groups,), generator=g)
-    groups = torch.arange(num_groups).repeat_interleave(group_size)
-    order = torch.randperm(total, generator=g)
-    groups = groups[order]
+    if local:
+        groups = torch.randperm(num_groups, generator=g).repeat_interleave(group_size)
+    else:
+        groups = torch.arange(num_groups).repeat_interleave(group_size)[torch.randperm(total, generator=g)]
     n = total // world_size
     mine = groups[rank * n:(rank + 1) * n]
     return prompts[mine], mine + epoch * num_groups  # group ids unique across epochs
+
+
+def group_shuffle(group_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A permutation of rows that shuffles whole groups and keeps each group's rows consecutive."""
+    uniq = torch.unique(group_ids)
+    order = uniq[torch.randperm(len(uniq), generator=generator)]
+    return torch.cat([torch.nonzero(group_ids == gid).flatten() for gid in order])

@@ -24,6 +24,7 @@ class RolloutSettings:
     noise_level: float
     kind: str                   # "sde" | "cps"
     guidance: float             # CFG scale used when re-evaluating velocities in training
+    sample_guidance: float = 1.0  # CFG scale used while sampling
 
     @property
     def train_steps(self):

@@ -9,8 +9,8 @@ one blob), so junk is not counted as an object.
 Training set: generator layouts (all six categories) drawn with each shape's coverage blurred
 (sigma ~ U(0, 1.5) px) and half of the time re-sharpened, plus pixel noise (0.02), so that the soft
 edges and rounded corners of a VAE decoder or a half-trained model still read as the shape a person
-would name; plus junk images (1 in 5). ~6 k blobs, sklearn's
-LogisticRegression (lbfgs, deterministic), ~10 s on one core; the weights are cached by flowrl.cache
+would name; plus junk images (1 in 5). ~5 k blobs, multinomial
+logistic regression fitted by full-batch L-BFGS (deterministic), ~10 s; the weights are cached by flowrl.cache
 under a name that hashes this file and the generator (changed code retrains).
 """
 from __future__ import annotations
@@ -108,16 +108,22 @@ def training_set(num_scenes: int = 3000, side: int = 32, seed: int = 0) -> Tuple
     return np.asarray(feats), np.asarray(labels)
 
 
-def fit() -> Dict[str, torch.Tensor]:
-    """Train the classifier -> {"coef": (4, F), "intercept": (4,)} float32 (CLASSES order)."""
-    from sklearn.linear_model import LogisticRegression
-
+def fit(l2: float = 1e-3, steps: int = 200) -> Dict[str, torch.Tensor]:
+    """Train the classifier (multinomial logistic regression, full-batch L-BFGS in float64, weight
+    decay `l2`, deterministic) -> {"coef": (4, F), "intercept": (4,)} float32 (CLASSES order)."""
     x, y = training_set()
-    clf = LogisticRegression(C=1.0, max_iter=3000).fit(x, y)
-    coef = np.zeros((len(CLASSES), x.shape[1]))
-    intercept = np.full(len(CLASSES), -1e4)          # a class absent from the data is never predicted
-    coef[clf.classes_], intercept[clf.classes_] = clf.coef_, clf.intercept_
-    return {"coef": torch.tensor(coef, dtype=torch.float32), "intercept": torch.tensor(intercept, dtype=torch.float32)}
+    x, y = torch.from_numpy(x).double(), torch.from_numpy(y).long()
+    w = torch.zeros(len(CLASSES), x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(len(CLASSES), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w.T + b, y) + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return {"coef": w.detach().float(), "intercept": b.detach().float()}
 
 
 def cache_name() -> str:

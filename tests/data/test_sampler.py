@@ -21,3 +21,14 @@ def test_assignment_is_deterministic_and_changes_with_epoch():
     c = epoch_assignment(10, 2, 4, 1, 0, seed=0, epoch=1)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[1], c[1])                   # group ids are unique across epochs
+
+
+def test_local_groups_stay_on_one_rank_and_consecutive():
+    from flowrl.data.sampler import group_shuffle
+    parts = [epoch_assignment(20, 4, 2, 2, r, seed=0, epoch=0, local=True) for r in range(2)]
+    for _, g in parts:
+        assert len(g) == 4 and (g[0::2] == g[1::2]).all()          # pairs are consecutive
+    assert set(parts[0][1].tolist()).isdisjoint(parts[1][1].tolist())
+    gids = torch.tensor([3, 3, 1, 1, 7, 7])
+    perm = group_shuffle(gids, torch.Generator().manual_seed(0))
+    assert sorted(perm.tolist()) == list(range(6)) and (gids[perm][0::2] == gids[perm][1::2]).all()
