@@ -104,7 +104,7 @@ def pickscore():
       per epoch 8 GPUs x 9 x 16 batches = 1152 samples = 48 prompts x 24 images (as Flow-GRPO);
       train: 144 samples per GPU = 16 minibatches of 9; accumulation 8 -> 2 optimizer steps per epoch,
       each over 8 minibatches x the trained SDE steps.
-      32 GPUs (Flow-GRPO's setup): --set sample.num_batches_per_epoch=4 train.gradient_accumulation_steps=2
+      32 GPUs (Flow-GRPO's setup): --set sample.num_batches_per_epoch=4 --set train.gradient_accumulation_steps=2
       1 GPU as written: 144 samples = 6 groups of 24 per epoch, 2 optimizer steps.
     """
     c = base.get_config()
