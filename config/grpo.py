@@ -30,6 +30,7 @@ def moons():
     c.algorithm.beta = 0.2
     c.reward.weights = ml_collections.ConfigDict({"moons_unlearning": 1.0})
     c.eval.every = 5
+    c.eval.diversity_alarm_fraction = 0.35   # unlearning one of two moons halves diversity by design
     c.eval.num_samples = 1000
     c.eval.batch_size = 1000
     c.checkpoint.every = 10

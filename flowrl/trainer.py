@@ -59,6 +59,8 @@ class Trainer:
         self.acc.wait_for_everyone()
         init_tracking(self.acc, config, self.run_dir)
         self.log = MetricsLog(self.run_dir, self.is_main)
+        from flowrl.metrics.monitor import DiversityAlarm
+        self.alarm, self.eval_extra = DiversityAlarm(config.eval.diversity_alarm_fraction), {}
         self.start_epoch, self.opt_steps, self.reward_before = 0, 0, None
         if resume:
             self._resume()
@@ -117,6 +119,8 @@ class Trainer:
         self.algorithm.load_state_dict(state["algorithm"])
         self.start_epoch, self.opt_steps = state["epoch"], state["optimizer_steps"]
         self.reward_before = state.get("reward_before")
+        for k, v in (state.get("diversity_alarm") or {}).items():   # the base model's reference
+            setattr(self.alarm, k, v)
         self.log.truncate_after(self.start_epoch)
         self.print(f"resumed from {ckpt} (epoch {self.start_epoch})")
 
@@ -232,7 +236,20 @@ class Trainer:
         keys = ["rewards", "index"] + (["samples"] if local["samples"].ndim == 2 else [])
         gathered = {k: acc.gather(local[k].to(acc.device)).cpu() for k in keys}
         save_eval(self.run_dir, tag, local, gathered, self.test_prompts, self.is_main)
+        self.eval_extra = self._diversity(tag, local, float(gathered["rewards"].mean()))
         return float(gathered["rewards"].mean())
+
+    def _diversity(self, tag: str, local: Batch, reward: float) -> Dict[str, float]:
+        """Cheap Vendi of the eval samples (on the base model's kernel scale) + the collapse alarm."""
+        if not self.c.eval.diversity:
+            return {}
+        from flowrl.metrics.monitor import cheap_diversity, cheap_features
+        feats = self.acc.gather(cheap_features(local["samples"]).to(self.acc.device)).cpu()
+        div = cheap_diversity(feats, bandwidth=self.alarm.bandwidth)
+        warning = self.alarm.check(tag, div, reward)
+        if warning:
+            self.print(warning)
+        return {"eval_diversity": div["vendi"]}
 
     @property
     def sharded_optimizer(self) -> bool:
@@ -252,7 +269,9 @@ class Trainer:
         acc.wait_for_everyone()
         if self.is_main:
             extra = {"optimizer_steps": self.opt_steps, "reward_before": self.reward_before,
-                     "num_processes": acc.num_processes}
+                     "num_processes": acc.num_processes,
+                     "diversity_alarm": {k: getattr(self.alarm, k) for k in
+                                         ("base_diversity", "base_reward", "bandwidth")}}
             finish_checkpoint(tmp, epoch, self.policy, self.ema, extra, self.c.checkpoint.keep_last,
                               algorithm_state=self.algorithm.state_dict())
         acc.wait_for_everyone()
@@ -262,7 +281,7 @@ class Trainer:
         c, t0 = self.c, time.time()
         if self.reward_before is None:
             self.reward_before = self.evaluate("base")
-            self.log.write({"epoch": 0, "eval_reward": self.reward_before})
+            self.log.write({"epoch": 0, "eval_reward": self.reward_before, **self.eval_extra})
             self.print(f"base model: eval reward {self.reward_before:.4f}")
         bar = _progress(self.start_epoch, c.num_epochs, self.is_main and c.logging.progress)
         for epoch in range(self.start_epoch, c.num_epochs):
@@ -270,8 +289,10 @@ class Trainer:
             done = epoch + 1
             if c.eval.every and done % c.eval.every == 0 and done < c.num_epochs:
                 row["eval_reward"] = self.evaluate(f"step_{done}")
+                row.update(self.eval_extra)
             if done == c.num_epochs:
                 row["eval_reward"] = self.evaluate("final")
+                row.update(self.eval_extra)
             self.log.write(row)
             self.acc.log({k: v for k, v in row.items() if k != "epoch"}, step=done)
             if (c.checkpoint.every and done % c.checkpoint.every == 0) or done == c.num_epochs:

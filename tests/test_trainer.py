@@ -130,3 +130,13 @@ def test_the_main_job_reaches_the_issue_targets_without_collapse(tmp_path):
     x = np.load(tmp_path / "run" / "eval" / "final.npz")["x"]
     lo, hi = np.percentile(x[:, 0], [5, 95])
     assert lo < -0.8 and hi > 0.8          # covers most of [-1, 1]: not collapsed to one end
+
+
+def test_collapse_alarm_fires_on_a_collapsing_run(tmp_path, capsys):
+    """Fidelity reward, no KL, high lr: samples shrink to a point (helper-measured Vendi 5 -> 1)."""
+    cfg = load_config("grpo.py:moons_fidelity", FAST + ["algorithm.beta=0.0", "train.lr=3e-3",
+                                                         "num_epochs=30", "eval.every=5"])
+    Trainer(cfg, tmp_path / "run").train()
+    evals = [r for r in rows(tmp_path / "run") if "eval_diversity" in r]
+    assert evals[0]["epoch"] == 0 and evals[-1]["eval_diversity"] < 0.5 * evals[0]["eval_diversity"]
+    assert "diversity alarm" in capsys.readouterr().out
