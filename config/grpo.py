@@ -41,6 +41,7 @@ def moons_fidelity():
     """Two moons, sharpen the shape: fidelity reward (seed 000, 0.875 -> 0.923 with PPO)."""
     c = moons()
     c.reward.weights = ml_collections.ConfigDict({"moons_fidelity": 1.0})
+    c.eval.diversity_alarm_fraction = 0.5
     return c
 
 

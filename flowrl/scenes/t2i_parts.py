@@ -31,16 +31,16 @@ class T2IConfig:
     latent_channels: int = 8
     vae_channels: Tuple[int, ...] = (8, 16, 32)    # one per level; 3 levels = 4x down-sampling
     vae_attention: bool = False         # the VAE's mid-block self-attention (off: all convolutional)
-    vae_steps: int = 400
+    vae_steps: int = 800
     vae_batch: int = 32
-    vae_lr: float = 2e-3
+    vae_lr: float = 3e-3
     kl_weight: float = 1e-4             # x the per-element KL (latents are re-scaled afterwards)
     num_scenes: int = 8192              # rendered training scenes (train prompts, tags balanced)
-    layers: int = 4                     # transformer blocks
-    heads: int = 4
+    layers: int = 6                     # transformer blocks
+    heads: int = 6
     head_dim: int = 16
     patch: int = 2
-    steps: int = 1500                   # transformer optimizer steps
+    steps: int = 2000                   # transformer optimizer steps
     batch: int = 64
     lr: float = 1e-3
     warmup: int = 100

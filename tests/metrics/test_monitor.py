@@ -64,6 +64,7 @@ def test_alarm_off_and_bad_fraction():
 
 def test_config_has_the_fields():
     from flowrl.config import load_config
-    c = load_config("grpo.py:moons")
+    c = load_config("grpo.py:moons_fidelity")
     assert c.eval.diversity is True and c.eval.diversity_alarm_fraction == 0.5
+    assert load_config("grpo.py:moons").eval.diversity_alarm_fraction == 0.35
     DiversityAlarm(c.eval.diversity_alarm_fraction)
