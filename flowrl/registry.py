@@ -65,8 +65,12 @@ class Registry:
 
 
 # Modules holding the built-in entries; a new base model / method / reward family adds one line here.
-POLICIES = Registry("policy", ["flowrl.policies.toy2d", "flowrl.policies.sd3"])
+POLICIES = Registry("policy", ["flowrl.policies.toy2d", "flowrl.policies.sd3",
+                               "flowrl.policies.gmm1d"])
 ALGORITHMS = Registry("algorithm", ["flowrl.algorithms.grpo", "flowrl.algorithms.ddpo",
-                                    "flowrl.algorithms.orw"])
+                                    "flowrl.algorithms.orw", "flowrl.algorithms.nft",
+                                    "flowrl.algorithms.value_matching",
+                                    "flowrl.algorithms.dpo", "flowrl.algorithms.reward_backprop"])
 REWARDS = Registry("reward", ["flowrl.rewards.toy", "flowrl.rewards.jpeg", "flowrl.rewards.ocr",
-                              "flowrl.rewards.clip", "flowrl.rewards.scene"])
+                              "flowrl.rewards.clip", "flowrl.rewards.scene",
+                              "flowrl.rewards.toy1d"])

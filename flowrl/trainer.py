@@ -237,7 +237,17 @@ class Trainer:
         gathered = {k: acc.gather(local[k].to(acc.device)).cpu() for k in keys}
         save_eval(self.run_dir, tag, local, gathered, self.test_prompts, self.is_main)
         self.eval_extra = self._diversity(tag, local, float(gathered["rewards"].mean()))
+        self._log_images(tag, local)
         return float(gathered["rewards"].mean())
+
+    def _log_images(self, tag: str, local: Batch, n: int = 16) -> None:
+        """The main process's first eval images, with prompt and reward, to wandb (if on)."""
+        if not (self.c.logging.wandb and self.is_main and local["samples"].ndim == 4):
+            return
+        import wandb
+        imgs = [wandb.Image(img.clamp(0, 1).permute(1, 2, 0).numpy(), caption=f"{p} ({r:.3f})")
+                for img, p, r in zip(local["samples"][:n], local["prompts"][:n], local["rewards"].tolist())]
+        self.acc.log({"eval_images": imgs, "eval_tag": tag})
 
     def _diversity(self, tag: str, local: Batch, reward: float) -> Dict[str, float]:
         """Cheap Vendi of the eval samples (on the base model's kernel scale) + the collapse alarm."""

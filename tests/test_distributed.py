@@ -22,12 +22,18 @@ SMALL = ["model.base_iters=300", "sample.batch_size=32", "sample.num_batches_per
 EXT_DIR = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "flowrl" / "torch_extensions"))
 
 
-def launch(run_dir: Path, dump: Path, epochs: int, config_file: str, resume: bool = False):
+TINY_SD3 = ["sample.batch_size=4", "sample.num_batches_per_epoch=2", "sample.group_size=4",
+            "train.batch_size=4", "eval.num_samples=4", "eval.batch_size=2", "logging.progress=False",
+            "eval.every=0", "checkpoint.every=0"]
+
+
+def launch(run_dir: Path, dump: Path, epochs: int, config_file: str, resume: bool = False,
+           config: str = "grpo.py:moons", overrides=SMALL):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(REPO / "accelerate_configs" / config_file), "--num_processes", "2",
-           "-m", "flowrl", "train", "--config", "grpo.py:moons", "--output-dir", str(run_dir)]
+           "-m", "flowrl", "train", "--config", config, "--output-dir", str(run_dir)]
     cmd += ["--resume"] if resume else []
-    for o in SMALL + [f"num_epochs={epochs}"]:
+    for o in list(overrides) + [f"num_epochs={epochs}"]:
         cmd += ["--set", o]
     env = {**os.environ, "FLOWRL_DUMP_DIR": str(dump), "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": EXT_DIR}
     if "deepspeed" not in config_file:
@@ -42,18 +48,18 @@ def metrics(run_dir: Path):
     return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
 
 
-def check_ranks(run_dir: Path, dump: Path, epochs: int):
+def check_ranks(run_dir: Path, dump: Path, epochs: int, per_rank: int = 64, groups: int = 4):
     rows = metrics(run_dir)[1:]
     assert len(rows) == epochs
-    assert all(r["reward_samples_per_rank"] == [64, 64] for r in rows)   # 32 x 2 batches per rank
+    assert all(r["reward_samples_per_rank"] == [per_rank] * 2 for r in rows)   # each rank its own
     for epoch in range(1, epochs + 1):
         ranks = [load_file(dump / f"epoch{epoch}_rank{r}.safetensors") for r in range(2)]
         rewards = torch.cat([d["rewards"] for d in ranks])
-        groups = torch.cat([d["group_ids"] for d in ranks])
-        expected, _ = group_advantages(rewards, groups, clip=5.0)
+        group_ids = torch.cat([d["group_ids"] for d in ranks])
+        expected, _ = group_advantages(rewards, group_ids, clip=5.0)
         assert torch.allclose(torch.cat([d["advantages"] for d in ranks]), expected, atol=1e-6)
         assert torch.equal(ranks[0]["params"], ranks[1]["params"])
-        assert len(groups.unique()) == 4                                 # 128 samples / group 32
+        assert len(group_ids.unique()) == groups          # samples per epoch / group size
 
 
 @pytest.mark.parametrize("config_file", ["multi_cpu.yaml", "deepspeed_zero2_cpu.yaml"])
@@ -69,3 +75,12 @@ def test_two_processes_and_resume(tmp_path, config_file):
     launch(tmp_path / "part", tmp_path / "dump2", 1, config_file)
     launch(tmp_path / "part", tmp_path / "dump2", 2, config_file, resume=True)
     assert metrics(tmp_path / "part") == metrics(tmp_path / "full")
+
+
+@pytest.mark.parametrize("config_file", ["multi_cpu.yaml", "deepspeed_zero2_cpu.yaml"])
+def test_tiny_sd3_lora_on_two_processes(tmp_path, config_file):
+    """The SD3 + LoRA path: rewards per rank, global advantages, LoRA identical on both ranks."""
+    if "deepspeed" in config_file:
+        pytest.importorskip("deepspeed")
+    launch(tmp_path / "run", tmp_path / "dump", 2, config_file, config="grpo.py:tiny_sd3", overrides=TINY_SD3)
+    check_ranks(tmp_path / "run", tmp_path / "dump", 2, per_rank=8)

@@ -1,17 +1,17 @@
 """A tiny shape classifier for the scene reward: logistic regression on one object's crop.
 
-Features of a component (a connected blob of one colour): its soft mask (pixel saturation / the blob's
-90th-percentile saturation, in [0, 1]) over the box grown by 1 px, resized to 12 x 12, plus
-log(width / height), the fill ratio of the hard mask in its box and the centroid row / box height.
-Classes: square, circle, triangle and "other" (elongated bars and ellipses, two shapes merged into
-one blob), so junk is not counted as an object.
+Features of a component (a connected blob of one colour): its soft mask (pixel saturation / the
+blob's 90th-percentile saturation, in [0, 1]) over the box grown by 1 px, resized to 12 x 12, plus
+log(width / height) and its absolute value, the fill ratio of the hard mask in its box and the
+centroid row / box height. Classes: square, circle, triangle and "other" (bars and ellipses of aspect
+~2-6, two shapes merged into one blob), so junk is not counted as an object.
 
 Training set: generator layouts (all six categories) drawn with each shape's coverage blurred
 (sigma ~ U(0, 1.5) px) and half of the time re-sharpened, plus pixel noise (0.02), so that the soft
 edges and rounded corners of a VAE decoder or a half-trained model still read as the shape a person
-would name; plus junk images (1 in 5). ~5 k blobs, multinomial
-logistic regression fitted by full-batch L-BFGS (deterministic), ~10 s; the weights are cached by flowrl.cache
-under a name that hashes this file and the generator (changed code retrains).
+would name; plus junk images (1 in 5). ~5 k blobs, multinomial logistic regression fitted by
+full-batch L-BFGS (deterministic), ~5-10 s; the weights are cached by flowrl.cache under a name that
+hashes this file and the generator (changed code retrains).
 """
 from __future__ import annotations
 
@@ -30,14 +30,15 @@ CROP = 12
 
 def component_features(sat: np.ndarray, mask: np.ndarray, box: Tuple[slice, slice]) -> np.ndarray:
     """sat (H, W) saturation of the image; mask (h, w) bool: the blob inside its box `box` (slices)
-    -> (CROP * CROP + 3,) float features (see module doc)."""
+    -> (CROP * CROP + 4,) float features (see module doc)."""
     (ys, xs), (big_h, big_w) = box, sat.shape
     y0, y1, x0, x1 = max(ys.start - 1, 0), min(ys.stop + 1, big_h), max(xs.start - 1, 0), min(xs.stop + 1, big_w)
     ref = max(float(np.percentile(sat[box][mask], 90)), 1e-3)
     soft = torch.from_numpy(np.clip(sat[y0:y1, x0:x1] / ref, 0, 1)).float()[None, None]
     crop = torch.nn.functional.interpolate(soft, (CROP, CROP), mode="bilinear", align_corners=False)
     h, w = mask.shape
-    stats = [np.log(w / h), mask.mean(), (np.nonzero(mask)[0].mean() + 0.5) / h]
+    aspect = np.log(w / h)
+    stats = [aspect, abs(aspect), mask.mean(), (np.nonzero(mask)[0].mean() + 0.5) / h]
     return np.concatenate([crop.flatten().numpy(), stats])
 
 
@@ -61,7 +62,7 @@ def _soften(cov: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _junk_coverage(rng: np.random.Generator, side: int) -> np.ndarray:
-    """A junk blob's coverage: an elongated bar / ellipse (aspect 2-3.2) or two shapes merged into one
+    """A junk blob's coverage: an elongated bar / ellipse (aspect ~2-6) or two shapes merged into one
     blob (centres 0.55-0.8 sizes apart)."""
     size = rng.uniform(0.2, 0.32) * side
     cx, cy = rng.uniform(0.35, 0.65, 2) * side
@@ -71,7 +72,7 @@ def _junk_coverage(rng: np.random.Generator, side: int) -> np.ndarray:
         phi = rng.uniform(0, 2 * np.pi)
         dx, dy = rng.uniform(0.55, 0.8) * size * np.array([np.cos(phi), np.sin(phi)])
         return np.maximum(g.coverage(a, cx, cy, size, side), g.coverage(b, cx + dx, cy + dy, size, side))
-    long_, short = size * rng.uniform(2.0, 3.2), size * rng.uniform(0.6, 0.9)
+    long_, short = size * rng.uniform(2.0, 4.5), size * rng.uniform(0.5, 0.9)
     w, h = (long_, short) if rng.random() < 0.5 else (short, long_)
     return _blob_coverage(kind, cx, cy, min(w, side - 2), min(h, side - 2), side)
 

@@ -1,0 +1,94 @@
+"""scene_geneval reads the generator's ground truth back from the pixels and rejects mismatches."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from flowrl.data.prompts import load_prompts
+from flowrl.registry import REWARDS
+from flowrl.rewards import build_reward
+from flowrl.rewards.scene import detect_objects, parse_caption, scene_accuracy, scene_scores
+from flowrl.scenes import generator as g
+from flowrl.scenes.promptsets import split
+
+
+@pytest.fixture(scope="module")
+def truth():
+    rows = (split()["train"] + split()["test"]) * 3
+    scenes = [g.make_scene(r, 100 + i) for i, r in enumerate(rows)]
+    return torch.stack([s.image for s in scenes]), [s.caption for s in scenes], rows
+
+
+def test_registered_as_an_image_reward():
+    assert "scene_geneval" in REWARDS.names()
+    assert REWARDS.meta("scene_geneval")["domain"] == "image"
+
+
+def test_ground_truth_scores_one(truth):
+    images, prompts, rows = truth
+    reward, strict = scene_scores(images, prompts, rows)
+    assert reward.shape == strict.shape == (len(prompts),)
+    assert reward.mean() > 0.99 and strict.mean() > 0.98
+    assert torch.equal(scene_scores(images, prompts, None)[0], reward)   # parsed from the text: same
+
+
+def test_mismatched_pairs_score_low(truth):
+    images, prompts, rows = truth
+    perm = list(range(len(prompts)))
+    random.Random(0).shuffle(perm)
+    reward, strict = scene_scores(images, [prompts[j] for j in perm], [rows[j] for j in perm])
+    assert reward.mean() < 0.5 and strict.mean() < 0.2
+
+
+def test_each_attribute_is_checked():
+    fn = REWARDS.build("scene_geneval", torch.device("cpu"))
+    cases = [  # (drawn, asked, expected fraction)
+        (g.colors("red", "square"), "a blue square", 0.5),
+        (g.colors("red", "square"), "a red circle", 0.0),
+        (g.position("circle", "left of", "square"), "a circle right of a square", 2 / 3),
+        (g.counting(2, "triangle"), "three triangles", 0.5),
+        (g.color_attr("red", "square", "blue", "circle"), "a blue square and a red circle", 0.5),
+        (g.two_object("square", "circle"), "a square and a triangle", 0.5)]
+    for k, (drawn, asked, want) in enumerate(cases):
+        img = g.make_scene(drawn, k).image[None]
+        assert float(fn(img, [asked], [{}])[0]) == pytest.approx(want), asked
+        assert float(fn(img, [g.caption(drawn)], [{}])[0]) == 1.0
+
+
+def test_blank_image_scores_zero_and_accuracy_is_binary():
+    blank = torch.full((2, 3, 32, 32), g.BACKGROUND)
+    assert scene_scores(blank, ["a red square", "two circles"])[0].tolist() == [0.0, 0.0]
+    acc = scene_accuracy(torch.stack([g.make_scene(g.single_object("circle"), 0).image] * 2),
+                         ["a circle", "a square"], [{}, {}])
+    assert acc.tolist() == [1.0, 0.0]
+
+
+def test_detection_survives_blur_and_ignores_bars():
+    from scipy import ndimage
+
+    scene = g.make_scene(g.color_attr("green", "triangle", "yellow", "square"), 3)
+    soft = ndimage.gaussian_filter(scene.image.permute(1, 2, 0).double().numpy(), (0.8, 0.8, 0))
+    found = sorted((o["class"], o["color"]) for o in detect_objects(soft))
+    assert found == [("square", "yellow"), ("triangle", "green")]
+    bar = np.full((32, 32, 3), g.BACKGROUND)
+    bar[14:18, 4:28] = g.COLORS["red"]
+    assert detect_objects(bar) == []
+
+
+def test_parse_caption_and_its_error():
+    assert parse_caption("a photo of a red square and a blue circle.") == g.color_attr("red", "square", "blue", "circle")
+    assert parse_caption("four circles") == g.counting(4, "circle")
+    with pytest.raises(ValueError, match="metadata"):
+        parse_caption("a cat on a mat")
+
+
+def test_through_build_reward_with_shipped_metadata():
+    ps = load_prompts("scenes/test")
+    rows = [{"prompt": p, **m} for p, m in zip(ps.prompts, ps.metadata)][:6]
+    images = torch.stack([g.make_scene(r, i).image for i, r in enumerate(rows)])
+    total, parts = build_reward({"scene_geneval": 1.0}, {}, torch.device("cpu"))(
+        images, [r["prompt"] for r in rows], ps.metadata[:6])
+    assert total.shape == (6,) and torch.equal(total, parts["scene_geneval"]) and total.min() == 1.0
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        scene_scores(torch.zeros(2, 32, 32), ["a square"] * 2)
