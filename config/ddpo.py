@@ -28,3 +28,16 @@ def get_config(name="moons"):
     if name not in EXPERIMENTS:
         raise KeyError(f"ddpo.py has no experiment {name!r}; known: {sorted(EXPERIMENTS)}")
     return EXPERIMENTS[name]()
+
+
+def digits():
+    """8x8 digits (grpo.py:digits: same model, prompts, reward and batches) with DDPO: per-prompt
+    stat tracking over the last 64 rewards of each digit (16 per epoch), clipped ratio, no KL."""
+    c = grpo.digits()
+    c.algorithm = ml_collections.ConfigDict({
+        "name": "ddpo", "clip_range": 0.2, "adv_clip_max": 5.0, "per_prompt_stat_tracking": True,
+        "buffer_size": 64, "min_count": 16, "beta": 0.0})
+    return c
+
+
+EXPERIMENTS["digits"] = digits

@@ -32,3 +32,17 @@ def get_config(name="moons"):
     if name not in EXPERIMENTS:
         raise KeyError(f"orw.py has no experiment {name!r}; known: {sorted(EXPERIMENTS)}")
     return EXPERIMENTS[name]()
+
+
+def digits():
+    """8x8 digits (grpo.py:digits: same model, prompts, reward and batches) with ORW-CFM-W2: ODE
+    samples, weights exp(tau r) normalised to mean 1, W2 to the base with alpha."""
+    c = grpo.digits()
+    c.algorithm = ml_collections.ConfigDict({
+        "name": "orw_cfm_w2", "w2_coefficient": 0.1, "temperature": 10.0,
+        "normalize_weights": True, "ot_pairing": True})
+    c.train.num_inner_epochs = 2
+    return c
+
+
+EXPERIMENTS["digits"] = digits

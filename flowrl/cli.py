@@ -109,7 +109,9 @@ def init_tiny_sd3(directory: Path = typer.Argument(..., help="folder to create (
 @init_app.command("tiny-t2i")
 def init_tiny_t2i(directory: Optional[Path] = typer.Argument(None, help="also copy the model here (absent or empty)"),
                   seed: int = typer.Option(0, help="seed of the data, weights and training"),
-                  progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar")):
+                  progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
+                  threads: int = typer.Option(0, help="torch CPU threads (0: torch's default; 1 is faster "
+                                                      "on a machine busy with other jobs)")):
     """Train the scenes text-to-image model (a real AutoencoderKL + SD3Transformer2DModel, GenEval in
     miniature; ~5-10 min on 2 CPU cores) into the flowrl cache (FLOWRL_CACHE/tiny-t2i), once: later
     calls reuse it. `--config grpo.py:tiny_geneval` fine-tunes it with the scene_geneval reward."""
@@ -121,6 +123,9 @@ def init_tiny_t2i(directory: Optional[Path] = typer.Argument(None, help="also co
 
     from flowrl.scenes.t2i_parts import T2IConfig
     from flowrl.scenes.train_t2i import STAMP_FILE, ensure_tiny_t2i
+    if threads > 0:
+        import torch
+        torch.set_num_threads(threads)
     cached = ensure_tiny_t2i(cfg=replace(T2IConfig(), seed=seed), progress=progress)
     if directory is not None:
         directory.parent.mkdir(parents=True, exist_ok=True)

@@ -49,15 +49,17 @@ def pair_index(group_ids: torch.Tensor, name: str = "dpo") -> torch.Tensor:
     return order[first]
 
 
-def pair_preferences(rewards: torch.Tensor, group_ids: torch.Tensor, name: str = "dpo"):
+def pair_preferences(rewards: torch.Tensor, group_ids: torch.Tensor, name: str = "dpo",
+                     tie_margin: float = 0.0):
     """Winner = higher reward within each pair. rewards, group_ids (N,) -> (signs (N,) in {+1, -1, 0},
-    weights (N,) float: 0 for both rows of a tied pair, else 1)."""
+    weights (N,) float: 0 for both rows of a tie, |r_0 - r_1| <= tie_margin (0: exact ties), else 1)."""
     idx = pair_index(group_ids, name)
     r = rewards.float()[idx]                      # (P, 2)
     s = torch.sign(r[:, 0] - r[:, 1])             # +1: row 0 wins
     signs, weights = torch.zeros(len(rewards)), torch.zeros(len(rewards))
     signs[idx[:, 0]], signs[idx[:, 1]] = s, -s
-    weights[idx.flatten()] = (s != 0).float().repeat_interleave(2)
+    decided = (s != 0) & ((r[:, 0] - r[:, 1]).abs() > tie_margin)
+    weights[idx.flatten()] = decided.float().repeat_interleave(2)
     return signs, weights
 
 
@@ -128,9 +130,11 @@ class _PairAlgorithm(AlgorithmBase):
 
     group_local = True
     name = "dpo"
+    tie_margin = 0.0
 
     def prepare(self, policy, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
-        signs, weights = pair_preferences(gathered["rewards"], gathered["group_ids"], self.name)
+        signs, weights = pair_preferences(gathered["rewards"], gathered["group_ids"], self.name,
+                                          self.tie_margin)
         check_same_noise(batch["latents"], pair_index(batch["group_ids"], self.name), self.name)
         dev = batch["latents"].device
         batch["pref_signs"] = signs[rank_slice].to(dev)
@@ -148,17 +152,20 @@ class _PairAlgorithm(AlgorithmBase):
 class D3PO(_PairAlgorithm):
     """Options (config.algorithm): beta (0.1), eps (ratio clamp, 0.1), ratio_to ("reference": the
     frozen base model, policy.reference(); "sampler": the log-probs recorded while sampling, i.e. the
-    policy of this epoch, as a trust region that moves with training)."""
+    policy of this epoch, as a trust region that moves with training), tie_margin (pairs whose
+    rewards differ by at most this are ties, weight 0)."""
 
     sampling = "sde"
     name = "d3po"
 
-    def __init__(self, beta: float = 0.1, eps: float = 0.1, ratio_to: str = "reference"):
-        if beta <= 0 or not 0 < eps < 1:
-            raise ValueError(f"algorithm d3po: need beta > 0 and 0 < eps < 1 (got beta={beta}, eps={eps})")
+    def __init__(self, beta: float = 0.1, eps: float = 0.1, ratio_to: str = "reference",
+                 tie_margin: float = 0.0):
+        if beta <= 0 or not 0 < eps < 1 or tie_margin < 0:
+            raise ValueError(f"algorithm d3po: need beta > 0, 0 < eps < 1, tie_margin >= 0 (got "
+                             f"beta={beta}, eps={eps}, tie_margin={tie_margin})")
         if ratio_to not in ("reference", "sampler"):
             raise ValueError(f"algorithm.ratio_to={ratio_to!r}: use 'reference' or 'sampler'")
-        self.beta, self.eps, self.ratio_to = beta, eps, ratio_to
+        self.beta, self.eps, self.ratio_to, self.tie_margin = beta, eps, ratio_to, tie_margin
 
     def num_loss_terms(self, num_train_steps: int) -> int:
         return num_train_steps
@@ -191,16 +198,19 @@ class D3PO(_PairAlgorithm):
 @ALGORITHMS.register("diffusion_dpo")
 class DiffusionDPO(_PairAlgorithm):
     """Options (config.algorithm): beta (~100 for flows, 5000 for SD1.5's epsilon loss), guidance
-    (CFG scale of the velocities in the loss; 1.0 = conditional only). Pairs are sampled with the
-    SDE (sample.noise_level) so that two samples from one initial noise differ."""
+    (CFG scale of the velocities in the loss; 1.0 = conditional only), tie_margin (as d3po),
+    num_sigmas (draws of (sigma, noise) per pair and minibatch, averaged: less variance). Pairs are
+    sampled with the SDE (sample.noise_level) so that two samples from one initial noise differ."""
 
     sampling = "sde"
     name = "diffusion_dpo"
 
-    def __init__(self, beta: float = 100.0, guidance: float = 1.0):
-        if beta <= 0:
-            raise ValueError(f"algorithm diffusion_dpo: need beta > 0 (got {beta})")
-        self.beta, self.guidance = beta, guidance
+    def __init__(self, beta: float = 100.0, guidance: float = 1.0, tie_margin: float = 0.0,
+                 num_sigmas: int = 1):
+        if beta <= 0 or tie_margin < 0 or num_sigmas < 1:
+            raise ValueError(f"algorithm diffusion_dpo: need beta > 0, tie_margin >= 0, num_sigmas >= 1 "
+                             f"(got beta={beta}, tie_margin={tie_margin}, num_sigmas={num_sigmas})")
+        self.beta, self.guidance, self.tie_margin, self.num_sigmas = beta, guidance, tie_margin, num_sigmas
         self._generator = torch.Generator().manual_seed(0)
 
     def prepare(self, policy, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
@@ -213,6 +223,7 @@ class DiffusionDPO(_PairAlgorithm):
 
     def loss_terms(self, policy, mb: Batch, st: RolloutSettings) -> Iterator[Tuple[torch.Tensor, Dict]]:
         idx = self.winner_first(mb, pair_index(mb["group_ids"], self.name))
+        idx = idx.repeat(self.num_sigmas, 1)          # K draws of (sigma, noise) per pair
         x0 = mb["latents"][:, -1]
         x_w, x_l = x0[idx[:, 0]], x0[idx[:, 1]]
         noise = torch.randn(x_w.shape, generator=self._generator).to(x_w.device, x_w.dtype)

@@ -71,7 +71,7 @@ class ResBlock(nn.Module):
 class DigitVelocity(nn.Module):
     """v(x, sigma, label): (B, 1, 8, 8), (B,), (B,) long in 0..10 (10 = null) -> (B, 1, 8, 8)."""
 
-    def __init__(self, hidden: int = 256, depth: int = 3, emb: int = 128, pixels: int = 64):
+    def __init__(self, hidden: int = 128, depth: int = 2, emb: int = 64, pixels: int = 64):
         super().__init__()
         self.sigma_emb = nn.Sequential(nn.Linear(32, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.label_emb = nn.Embedding(NUM_CLASSES + 1, emb)
@@ -196,8 +196,8 @@ def base_cache_key(hidden: int, depth: int, emb: int, iters: int, batch: int, lr
 
 
 @POLICIES.register("digits")
-def digits(runtime: Runtime, hidden: int = 256, depth: int = 3, emb: int = 128, base_iters: int = 4000,
-           base_batch: int = 256, base_lr: float = 2e-3, p_uncond: float = 0.1, base_seed: int = 0,
+def digits(runtime: Runtime, hidden: int = 128, depth: int = 2, emb: int = 64, base_iters: int = 2000,
+           base_batch: int = 128, base_lr: float = 2e-3, p_uncond: float = 0.1, base_seed: int = 0,
            shift: float = 1.0, guidance: float = 1.0) -> DigitsPolicy:
     """Options (config.model): hidden / depth / emb (residual MLP width, blocks, embedding width) and
     how the base flow is trained (base_iters, base_batch, base_lr, p_uncond = label dropout for CFG,

@@ -20,28 +20,65 @@ from torch import nn
 from flowrl.cache import cached_state_dict
 from flowrl.registry import REWARDS
 
-CLASSIFIER_VERSION = 1   # bump when the classifier or its training changes (part of the cache key)
+CLASSIFIER_VERSION = 2   # bump when the classifier or its training changes (part of the cache key)
 
 
-def _classifier(hidden: int = 256) -> nn.Module:
-    """(B, 64) pixels in [-1, 1] -> (B, 10) logits."""
-    return nn.Sequential(nn.Linear(64, hidden), nn.SiLU(), nn.Dropout(0.2), nn.Linear(hidden, hidden),
-                         nn.SiLU(), nn.Dropout(0.2), nn.Linear(hidden, 10))
+JUNK = 10   # the classifier's 11th class: "not a digit" (noise, scrambled or blended digits)
 
 
-def train_digit_classifier(seed: int = 0, iters: int = 2000, noise: float = 0.2) -> Dict[str, torch.Tensor]:
-    """Adam on the digits train split, minibatches of 128, pixel noise N(0, noise^2) added."""
+class DigitClassifier(nn.Module):
+    """Small CNN: (B, 1, 8, 8) pixels in [-1, 1] -> (B, 11) logits (digits 0..9, then JUNK)."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU(), nn.Flatten(),
+            nn.Dropout(0.2), nn.Linear(2 * width * 16, 128), nn.SiLU(), nn.Linear(128, JUNK + 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def shift_images(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
+    """Translate each (1, 8, 8) image by a random integer offset in [-max_shift, max_shift]^2 (zero
+    = -1 fill). x (B, 1, 8, 8) -> same shape."""
+    p, n = max_shift, x.shape[0]
+    padded = nn.functional.pad(x[:, 0], (p, p, p, p), value=-1.0)
+    rows, cols = torch.arange(8) + torch.randint(0, 2 * p + 1, (2, n, 1), generator=g)
+    return padded[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+
+
+def junk_images(x: torch.Tensor, y: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    """n "not a digit" images (n, 1, 8, 8) in [-1, 1] built from digits x (N, 1, 8, 8), labels y:
+    uniform noise, pixel-scrambled digits, digits under heavy noise, blends of two different digits."""
+    i, j = torch.randint(len(y), (2, n), generator=g)
+    kind = torch.randint(4, (n,), generator=g).view(n, 1, 1, 1)
+    uniform = torch.rand((n, 1, 8, 8), generator=g) * 2 - 1
+    perm = torch.argsort(torch.rand((n, 64), generator=g), dim=1)
+    scrambled = x[i].flatten(1).gather(1, perm).view(n, 1, 8, 8)
+    noisy = x[i] + (0.6 + 0.6 * torch.rand((n, 1, 1, 1), generator=g)) * torch.randn((n, 1, 8, 8), generator=g)
+    blend = torch.where((y[i] != y[j]).view(n, 1, 1, 1), (x[i] + x[j]) / 2, uniform)
+    out = torch.where(kind == 0, uniform, torch.where(kind == 1, scrambled, torch.where(kind == 2, noisy, blend)))
+    return out.clamp(-1, 1)
+
+
+def train_digit_classifier(seed: int = 0, iters: int = 2000, noise: float = 0.3) -> Dict[str, torch.Tensor]:
+    """Adam on the digits train split: minibatches of 128 digits (random 1-pixel shifts, pixel noise
+    N(0, s^2), s ~ U(0, noise)) + 64 junk images (class JUNK). Returns the eval-mode state dict."""
     from flowrl.policies.image_flow import digits_split
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x, y, _, _ = digits_split(0)
-    x = x.flatten(1)
-    net = _classifier()
+    net = DigitClassifier()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
     for _ in range(iters):
         idx = torch.randint(len(y), (128,), generator=g)
-        xb = x[idx] + noise * torch.randn(x[idx].shape, generator=g)
-        loss = nn.functional.cross_entropy(net(xb), y[idx])
+        real = shift_images(x[idx], g)
+        real = (real + noise * torch.rand((128, 1, 1, 1), generator=g) * torch.randn(real.shape, generator=g))
+        xb = torch.cat([real.clamp(-1, 1), junk_images(x, y, 64, g)])
+        yb = torch.cat([y[idx], torch.full((64,), JUNK, dtype=torch.long)])
+        loss = nn.functional.cross_entropy(net(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -52,19 +89,19 @@ def load_digit_classifier(device, seed: int = 0, cache_dir: str = "") -> nn.Modu
     """The cached classifier, frozen, in eval mode, on `device`."""
     state = cached_state_dict(f"digits-classifier-v{CLASSIFIER_VERSION}-s{seed}",
                               lambda: train_digit_classifier(seed), root=cache_dir or None)
-    net = _classifier()
+    net = DigitClassifier()
     net.load_state_dict(state)
     return net.to(device).requires_grad_(False).eval()
 
 
 def images_to_pixels(samples: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) float in [0, 1] -> (B, 64) in [-1, 1]: channel mean, area-resize to 8x8."""
+    """(B, C, H, W) float in [0, 1] -> (B, 1, 8, 8) in [-1, 1]: channel mean, area-resize to 8x8."""
     if samples.ndim != 4:
         raise ValueError(f"digit rewards take images (B, C, H, W) in [0, 1]; got {tuple(samples.shape)}")
     x = samples.float().mean(dim=1, keepdim=True)
     if x.shape[-2:] != (8, 8):
         x = nn.functional.adaptive_avg_pool2d(x, (8, 8))
-    return (x * 2 - 1).flatten(1)
+    return x * 2 - 1
 
 
 def prompt_targets(prompts: Sequence[str], target: Optional[int]) -> torch.Tensor:
@@ -106,5 +143,6 @@ def digit_confidence(device, temperature: float = 1.0, seed: int = 0, cache_dir:
     net = load_digit_classifier(device, seed, cache_dir)
 
     def fn(samples, prompts, metadata):
-        return torch.softmax(net(images_to_pixels(samples.to(device))) / temperature, dim=1).amax(dim=1)
+        probs = torch.softmax(net(images_to_pixels(samples.to(device))) / temperature, dim=1)
+        return probs[:, :JUNK].amax(dim=1)
     return fn

@@ -2,6 +2,7 @@
 
     python -m flowrl.scenes.evaluate [DIR] [--split test] [--per-prompt 4] [--steps 20]
                                      [--guidance 4.5] [--grid /tmp/tiny_t2i_grid.png]
+    python -m flowrl.scenes.evaluate --eval-dir RUN_DIR/eval/<tag>   # a run's saved evaluation
 
 DIR defaults to the cached tiny-t2i folder (`flowrl init tiny-t2i`). Sampling goes through
 StableDiffusion3Pipeline.__call__ itself (Euler ODE, classifier-free guidance), max_sequence_length 16.
@@ -83,6 +84,23 @@ def save_grid(images: torch.Tensor, captions: Sequence[str], path: Path, cols: i
     return Path(path)
 
 
+def score_saved(eval_dir: Path) -> Dict:
+    """Re-score a trainer evaluation folder (RUN_DIR/eval/<tag>: PNGs + prompts.jsonl) with the strict
+    accuracy too (the trainer logs the mean reward only); attributes are parsed from the prompts."""
+    import numpy as np
+    from PIL import Image
+
+    from flowrl.rewards.scene import parse_caption
+
+    eval_dir = Path(eval_dir)
+    rows = [json.loads(line) for line in (eval_dir / "prompts.jsonl").read_text().splitlines() if line.strip()]
+    images = torch.stack([torch.from_numpy(np.asarray(Image.open(eval_dir / r["image"]).convert("RGB"),
+                                                      dtype=np.float32) / 255).permute(2, 0, 1) for r in rows])
+    rows = [{**r, **parse_caption(r["prompt"])} for r in rows]
+    reward, strict = scene_scores(images, [r["prompt"] for r in rows], rows)
+    return summarize(reward, strict, rows)
+
+
 def main(argv=None) -> Dict:
     from diffusers import StableDiffusion3Pipeline
 
@@ -96,7 +114,12 @@ def main(argv=None) -> Dict:
     ap.add_argument("--guidance", type=float, default=4.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grid", default=None, help="PNG of the first 64 samples (one per prompt)")
+    ap.add_argument("--eval-dir", default=None, help="instead: re-score RUN_DIR/eval/<tag> of a run")
     a = ap.parse_args(argv)
+    if a.eval_dir:
+        summary = score_saved(Path(a.eval_dir))
+        print(json.dumps(summary, indent=1))
+        return summary
     if a.directory is None:
         from flowrl.cache import cache_dir
         a.directory = str(cache_dir() / "tiny-t2i")

@@ -57,3 +57,15 @@ def test_training_target_matches_the_sd3_scheduler():
             return ((hidden_states - x0) / (timestep / 1000).view(-1, 1, 1, 1),)
     loss = flow_matching_loss(Oracle(), x0.expand(16, -1, -1, -1), None, None, 1.0, torch.Generator().manual_seed(0))
     assert loss < 1e-8
+
+
+def test_cli_init_tiny_t2i_is_registered_and_refuses_a_full_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from flowrl.cli import app
+
+    res = CliRunner().invoke(app, ["init", "tiny-t2i", "--help"])
+    assert res.exit_code == 0 and "--threads" in res.output
+    (tmp_path / "x").write_text("taken")
+    res = CliRunner().invoke(app, ["init", "tiny-t2i", str(tmp_path)])
+    assert res.exit_code == 2 and "not an empty folder" in res.output
