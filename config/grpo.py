@@ -256,40 +256,45 @@ def tiny_geneval():
 
 # ------------------------------------------------------------------ 8x8 digits (sklearn), on a CPU
 def register_digits():
-    """The `digits` policy and digit rewards live in modules the registries may not list yet."""
+    """Import the `digits` policy and the digit rewards (registering them) in case the registries'
+    module lists (flowrl/registry.py) do not name these modules."""
     import flowrl.policies.image_flow  # noqa: F401
     import flowrl.rewards.digits  # noqa: F401
 
 
 def digits():
-    """Class-conditional 8x8 digits (flowrl.policies.image_flow, trained by flowrl itself and cached),
-    reward = classifier P(the digit asked for), prompts "0".."9". CFG is off (guidance 1): RL has to
-    learn what guidance gives. One process: 2 batches of 80 = 160 samples = 10 digits x 16 per epoch,
-    10 SDE steps (all trained), 2 optimizer steps per epoch; eval 200 ODE samples (20 per digit)."""
+    """Class-conditional 8x8 digits (flowrl.policies.image_flow: a residual MLP flow that flowrl trains
+    by CFM on sklearn digits and caches, ~25 s cold), reward = P(the digit the prompt asks for) under
+    the cached CNN of flowrl.rewards.digits (~12 s cold), prompts "0".."9". CFG is off (guidance 1): the
+    base scores ~0.81 without it and ~0.99 with guidance 2, so RL has to learn what guidance gives.
+    One process: 2 batches of 80 = 160 samples = 10 digits x 16 per epoch, 10 SDE steps (all trained),
+    2 optimizer steps per epoch; eval 200 ODE samples (20 per digit, 10 steps) every 5 epochs.
+    Measured on 2 busy cores: eval reward 0.808 -> ~0.99 in 30 epochs, ~10 s of training (warm cache).
+    Other targets: --set reward.options.digit_classifier.target=3 rewards a 3 whatever the prompt."""
     register_digits()
     c = base.get_config()
     c.model = ml_collections.ConfigDict({
         "name": "digits", "hidden": 128, "depth": 2, "emb": 64, "base_iters": 2000, "base_batch": 128,
         "base_lr": 2e-3, "p_uncond": 0.1, "base_seed": 0, "shift": 1.0, "guidance": 1.0})
-    c.cpu_threads = 1
+    c.cpu_threads = 1                # a tiny MLP: one thread is as fast, and far faster on a busy CPU
     c.prompts.dataset, c.prompts.test_dataset = "digits/train", "digits/test"
-    c.num_epochs = 20
+    c.num_epochs = 30
     c.sample.num_steps = 10
     c.sample.eval_num_steps = 10
     c.sample.guidance_scale = 1.0
     c.sample.noise_level = 0.7
     c.sample.batch_size = 80
     c.sample.num_batches_per_epoch = 2
-    c.sample.group_size = 16
+    c.sample.group_size = 16         # 160 = 10 groups: every digit every epoch
     c.sample.timestep_fraction = 1.0
     c.train.batch_size = 80
     c.train.gradient_accumulation_steps = 1
     c.train.lr = 1e-3
     c.train.adam_weight_decay = 0.0
-    c.algorithm.clip_range = 0.2
-    c.algorithm.beta = 0.01
+    c.algorithm.clip_range = 0.2     # log-probs are means over 64 pixels: ratios stay within ~1e-3
+    c.algorithm.beta = 0.01          # without the KL, lr 1e-3 dips (0.81 -> 0.60 -> 0.93 in 20 epochs)
     c.reward.weights = ml_collections.ConfigDict({"digit_classifier": 1.0})
-    c.reward.options = ml_collections.ConfigDict({"digit_classifier": {"temperature": 1.0}})
+    c.reward.options = ml_collections.ConfigDict({"digit_classifier": {"target": -1, "temperature": 1.0}})
     c.eval.every = 5
     c.eval.num_samples = 200
     c.eval.batch_size = 200

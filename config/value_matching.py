@@ -14,7 +14,8 @@ grpo = sibling(__file__, "grpo")
 
 def _value_matching(c, reward_scale: float, hidden: int, depth: int):
     c.algorithm = ml_collections.ConfigDict({"name": "value_matching", "reward_scale": reward_scale,
-                                             "t_min": 0.02, "hidden": hidden, "depth": depth})
+                                             "t_min": 0.02, "hidden": hidden, "depth": depth,
+                                             "scale_input": True})
     c.train.adam_weight_decay = 0.0
     c.train.max_grad_norm = 1.0        # flow_gym clips at 1
     c.train.num_inner_epochs = 1

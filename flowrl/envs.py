@@ -79,18 +79,21 @@ class Environment:
         else the controlled memoryless SDE."""
         from flowrl.sampling.rollout import ode_sample
         if self.value_net is not None:
-            return self.rollout(n, generator)[0].final
+            return self._trajectory(n, generator).final
         field = lambda x, s: self.policy.velocity(x, s, {}, guidance=1.0)  # noqa: E731
         return ode_sample(field, self.noise(n, generator), self.policy.sigmas(self.discretization_steps))
 
     def rollout(self, n: int, generator: Optional[torch.Generator] = None):
         """One batch of the controlled SDE (the base SDE if value_net is None).
         -> (ControlledTrajectory with latents (n, S+1, *shape) and running_costs (n, S), rewards (n,))."""
+        traj = self._trajectory(n, generator)
+        return traj, self.reward(traj.final)
+
+    def _trajectory(self, n: int, generator: Optional[torch.Generator] = None):
         from flowrl.algorithms.value_matching import sample_controlled
         field = lambda x, s: self.policy.velocity(x, s, {}, guidance=1.0)  # noqa: E731
-        traj = sample_controlled(field, self.value_net, self.noise(n, generator), self.discretization_steps,
+        return sample_controlled(field, self.value_net, self.noise(n, generator), self.discretization_steps,
                                  self.t_min, generator)
-        return traj, self.reward(traj.final)
 
 
 def make(base_id: str, reward_id: str, discretization_steps: int = 100, reward_scale: float = 1.0,

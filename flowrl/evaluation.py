@@ -30,19 +30,27 @@ def eval_noise(indices: torch.Tensor, shape, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def ode_eval_sample(policy, noise, cond, num_steps: int, guidance: float = 1.0, generator=None):
+    """The default evaluation sampler: the policy's deterministic Euler ODE. -> (B, *shape)."""
+    return ode_sample(lambda z, s: policy.velocity(z, s, cond, guidance=guidance), noise,
+                      policy.sigmas(num_steps))
+
+
 def evaluate(policy, reward_fn, prompt_set, indices: torch.Tensor, num_steps: int, guidance: float,
-             batch_size: int, seed: int, device) -> Batch:
-    """ODE-sample and score this rank's eval indices. -> Batch(samples, rewards, index; prompts)."""
+             batch_size: int, seed: int, device, sample_fn=ode_eval_sample) -> Batch:
+    """Sample (default: ODE) and score this rank's eval indices. -> Batch(samples, rewards, index;
+    prompts). `sample_fn(policy, noise, cond, num_steps, guidance, generator)`: an algorithm's own
+    sampler (e.g. value matching's controlled SDE), given a generator seeded per batch."""
+    from flowrl.data.sampler import mix_seed
     noise = eval_noise(indices, policy.sample_shape, seed)
-    sigmas = policy.sigmas(num_steps)
     out = []
     for start in range(0, len(indices), batch_size):
         idx = indices[start:start + batch_size]
         prompts = [prompt_set.prompts[i % len(prompt_set)] for i in idx.tolist()]
         meta = [prompt_set.metadata[i % len(prompt_set)] for i in idx.tolist()]
         cond = policy.encode(prompts)
-        x = ode_sample(lambda z, s: policy.velocity(z, s, cond, guidance=guidance),
-                       noise[start:start + batch_size].to(device), sigmas)
+        gen = torch.Generator().manual_seed(mix_seed(seed, int(idx[0]), 21))
+        x = sample_fn(policy, noise[start:start + batch_size].to(device), cond, num_steps, guidance, gen)
         samples = policy.decode(x).float()
         total, _ = reward_fn(samples, prompts, meta)
         out.append(Batch({"samples": samples.cpu(), "rewards": total, "index": idx}, {"prompts": prompts}))

@@ -232,7 +232,8 @@ class Trainer:
         ctx = self.ema.applied() if (self.ema is not None and tag != "base") else contextlib.nullcontext()
         with ctx:
             local = evaluate(self.policy, self.reward, self.test_prompts, idx, c.sample.eval_num_steps,
-                             c.sample.guidance_scale, c.eval.batch_size, c.eval.seed, acc.device)
+                             c.sample.guidance_scale, c.eval.batch_size, c.eval.seed, acc.device,
+                             sample_fn=self.algorithm.eval_sample)
         keys = ["rewards", "index"] + (["samples"] if local["samples"].ndim == 2 else [])
         gathered = {k: acc.gather(local[k].to(acc.device)).cpu() for k in keys}
         save_eval(self.run_dir, tag, local, gathered, self.test_prompts, self.is_main)

@@ -31,6 +31,11 @@ class AlgorithmBase:
         return rollout(lambda x, s: policy.velocity(x, s, cond, guidance=st.sample_guidance),
                        noise, st.sigmas, st.sde_mask, st.noise_level, st.kind, generator)
 
+    def eval_sample(self, policy, noise, cond, num_steps: int, guidance: float = 1.0, generator=None):
+        """What evaluation samples with: the policy's ODE (value matching: its controlled SDE)."""
+        from flowrl.evaluation import ode_eval_sample
+        return ode_eval_sample(policy, noise, cond, num_steps, guidance, generator)
+
     def state_dict(self) -> Dict:
         return {}
 

@@ -169,28 +169,33 @@ class ControlledPolicy:
         self.policy, self.value_net, self.t_min = policy, value_net, t_min
 
     def __getattr__(self, name):
+        if name == "policy":          # not set yet (copy / unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.policy, name)
 
-    def sample(self, noise: torch.Tensor, num_steps: int, cond=None,
+    def sample(self, noise: torch.Tensor, num_steps: int, cond=None, guidance: float = 1.0,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        field = lambda x, s: self.policy.velocity(x, s, cond or {}, guidance=1.0)  # noqa: E731
+        """noise (B, *shape) -> (B, *shape) samples of the controlled SDE with num_steps steps."""
+        field = lambda x, s: self.policy.velocity(x, s, cond or {}, guidance=guidance)  # noqa: E731
         return sample_controlled(field, self.value_net, noise, num_steps, self.t_min, generator).final
 
 
 # ----------------------------------------------------------------------------------- algorithm
 @ALGORITHMS.register("value_matching")
 class ValueMatching(AlgorithmBase):
-    """Options (config.algorithm): reward_scale (lambda > 0), t_min (start of the SDE), hidden and
-    depth of the value MLP V(x, t). sample.num_steps is the SDE's number of steps (flow_gym: 100).
+    """Options (config.algorithm): reward_scale (lambda > 0), t_min (start of the SDE), hidden,
+    depth and scale_input of the value MLP V(x, t) (ValueMLP). sample.num_steps is the SDE's number of steps (flow_gym: 100).
     The policy is frozen in setup(); only the value network trains (modules())."""
 
     sampling = "ode"     # no log-probs: the rollout below samples the controlled SDE itself
 
-    def __init__(self, reward_scale: float = 1.0, t_min: float = T_MIN, hidden: int = 256, depth: int = 3):
+    def __init__(self, reward_scale: float = 1.0, t_min: float = T_MIN, hidden: int = 256, depth: int = 3,
+                 scale_input: bool = True):
         if reward_scale <= 0 or not 0 < t_min < 1 or hidden < 1 or depth < 1:
             raise ValueError(f"algorithm value_matching: need reward_scale > 0 (got {reward_scale}), "
                              f"0 < t_min < 1 (got {t_min}), hidden, depth >= 1")
         self.reward_scale, self.t_min, self.hidden, self.depth = reward_scale, t_min, hidden, depth
+        self.scale_input = scale_input
         self.value_net: Optional[nn.Module] = None
         self._train_net: Optional[nn.Module] = None
 
@@ -198,7 +203,8 @@ class ValueMatching(AlgorithmBase):
         """Freeze the base and build V for its sample shape on its device."""
         policy.net.requires_grad_(False)
         device = getattr(policy, "device", "cpu")
-        self.value_net = ValueMLP(math.prod(policy.sample_shape), self.hidden, self.depth).to(device)
+        self.value_net = ValueMLP(math.prod(policy.sample_shape), self.hidden, self.depth,
+                                  self.scale_input).to(device)
         self._train_net = self.value_net
 
     def modules(self) -> Dict[str, nn.Module]:
@@ -215,15 +221,18 @@ class ValueMatching(AlgorithmBase):
     def rollout(self, policy, noise, cond, st, generator) -> Trajectory:
         """Controlled SDE with S = len(st.sigmas) - 1 steps on flow_gym's grid (not the policy's)."""
         steps = len(st.sigmas) - 1
-        field = lambda x, s: policy.velocity(x, s, cond, guidance=1.0)  # noqa: E731
+        field = lambda x, s: policy.velocity(x, s, cond, guidance=st.sample_guidance)  # noqa: E731
         traj = sample_controlled(field, self._require_net(), noise, steps, self.t_min, generator)
         mask = torch.ones(steps, dtype=torch.bool)
         return Trajectory(traj.latents, torch.zeros(noise.shape[0], steps, device=noise.device),
                           (1 - traj.t), mask)
 
-    def eval_sample(self, policy, noise, cond, num_steps: int, generator=None) -> torch.Tensor:
-        """What evaluation should sample (the trainer's evaluation still uses the plain base ODE)."""
-        return ControlledPolicy(policy, self._require_net(), self.t_min).sample(noise, num_steps, cond, generator)
+    def eval_sample(self, policy, noise, cond, num_steps: int, guidance: float = 1.0,
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Evaluation samples with the controlled SDE (the base ODE would ignore V).
+        noise (B, *shape) -> (B, *shape)."""
+        sampler = ControlledPolicy(policy, self._require_net(), self.t_min)
+        return sampler.sample(noise, num_steps, cond, guidance, generator)
 
     def prepare(self, policy, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
         """Running costs recomputed with the (unchanged) V that sampled, then c_k. Adds vm_costs (B, S+1)."""
@@ -262,8 +271,9 @@ def value_matching(value_net: nn.Module, env, batch_size: int = 128, num_iterati
                    lr: float = 1e-4, max_grad_norm: float = 1.0, seed: int = 0,
                    log_every: int = 0) -> List[Dict[str, float]]:
     """flow_gym-style loop: value_matching(value_net, env) trains V on env (flowrl.envs.make) with
-    Adam (cosine decay to lr / 100, as diffusiongym's latest), one controlled rollout of `batch_size` per iteration, and leaves env.value_net = value_net
-    (so env.sample(n) samples the adapted model). -> per-iteration metrics."""
+    Adam (cosine decay to lr / 100, as diffusiongym's latest), one controlled rollout of
+    `batch_size` per iteration and gradient clipping, and leaves env.value_net = value_net (so
+    env.sample(n) samples the adapted model). -> per-iteration metrics."""
     env.value_net = value_net.to(env.device)
     opt = torch.optim.Adam(value_net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, num_iterations, eta_min=1e-2 * lr)

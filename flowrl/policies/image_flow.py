@@ -5,15 +5,17 @@ x / 8 - 1; the flow and the `digit_classifier` reward (flowrl.rewards.digits) bo
 stratified 75 % split (`digits_split`), so the other 25 % stay unseen by both. MNIST (28x28) is not
 used: no copy of it is reachable offline (no dataset hub, no torchvision), and sklearn ships digits.
 
-Model: a residual MLP on the 64 pixels, conditioned on sigma (Fourier features) and on the label
-(an embedding of 11 classes: 0..9 and the null class 10 for classifier-free guidance). On a CPU it
-trains in well under a minute, where a conv U-Net of the same quality takes many minutes. It is
-trained by conditional flow matching (project convention, flowrl.sampling.sde: x_sigma =
-(1-sigma) x0 + sigma eps, target v = eps - x0) with label dropout `p_uncond`, and cached as
-safetensors under a key made of every option that changes the weights. Fine-tuning trains the
-whole net, like toy2d; the reference is a frozen copy of the base weights.
+Model: a residual MLP on the 64 pixels (default 128 wide, 2 blocks, 189k parameters), conditioned
+on sigma (Fourier features) and on the label (an embedding of 11 classes: 0..9 and the null class 10
+for classifier-free guidance). It trains in ~10-25 s on one CPU thread, where a conv U-Net of the
+same quality takes many minutes. Training is conditional flow matching (project convention,
+flowrl.sampling.sde: x_sigma = (1-sigma) x0 + sigma eps, target v = eps - x0) with label dropout
+`p_uncond`; the weights are cached as safetensors under a key made of every option that changes
+them. Fine-tuning trains the whole net, like toy2d; the reference is a frozen copy of the base.
 
-Prompts are digit labels as strings: "0".."9", or "" for the unconditional (null) class.
+Measured with the default options (200 samples, 10 Euler steps): the classifier recognises 84.5 %
+of the samples without CFG (the misses look like no digit, never like another) and 100 % with
+guidance 2. Prompts are digit labels as strings: "0".."9", or "" for the null (unconditional) class.
 """
 from __future__ import annotations
 

@@ -1,14 +1,18 @@
-"""Rewards for 8x8 digit images (the `digits` policy): a small classifier trained on sklearn digits.
+"""Rewards for 8x8 digit images (the `digits` policy): a small CNN trained on sklearn digits.
 
     digit_classifier: P(the digit the prompt asks for), in [0, 1]; prompt "7" -> P(class 7).
                       Option `target` (0..9) asks for that digit whatever the prompt says.
-    digit_confidence: the classifier's max class probability (any digit, clearly drawn), in [0, 1].
+    digit_confidence: the largest digit probability (a clearly drawn digit, any class), in [0, 1].
 
 Samples are (B, 3, H, W) floats in [0, 1] (grey replicated, as DigitsPolicy.decode gives); the
 channels are averaged, resized to 8x8 if needed and mapped to [-1, 1] (the flow's pixel scale).
-The classifier is an MLP trained on the same 75 % split as the flow (flowrl.policies.image_flow.
-digits_split), with Gaussian pixel noise as augmentation so it stays smooth on generated images;
-it is cached as safetensors. Both rewards are differentiable: the graph from images to scores is kept.
+
+The classifier has an 11th class, JUNK ("not a digit"), trained on uniform noise, pixel-scrambled
+digits, heavily noised digits and blends of two digits; the digits get 1-pixel shifts and mild
+noise. Without it a plain classifier is fooled by noise: RL then raised its reward while the samples
+turned into high-contrast noise. It trains on the same 75 % split as the flow (flowrl.policies.
+image_flow.digits_split; 98.4 % accuracy on the other 25 %) in ~12 s and is cached as safetensors.
+Both rewards are differentiable: the graph from images to scores is kept.
 """
 from __future__ import annotations
 
@@ -21,8 +25,6 @@ from flowrl.cache import cached_state_dict
 from flowrl.registry import REWARDS
 
 CLASSIFIER_VERSION = 2   # bump when the classifier or its training changes (part of the cache key)
-
-
 JUNK = 10   # the classifier's 11th class: "not a digit" (noise, scrambled or blended digits)
 
 
@@ -57,10 +59,12 @@ def junk_images(x: torch.Tensor, y: torch.Tensor, n: int, g: torch.Generator) ->
     uniform = torch.rand((n, 1, 8, 8), generator=g) * 2 - 1
     perm = torch.argsort(torch.rand((n, 64), generator=g), dim=1)
     scrambled = x[i].flatten(1).gather(1, perm).view(n, 1, 8, 8)
-    noisy = x[i] + (0.6 + 0.6 * torch.rand((n, 1, 1, 1), generator=g)) * torch.randn((n, 1, 8, 8), generator=g)
+    scale = 0.6 + 0.6 * torch.rand((n, 1, 1, 1), generator=g)
+    noisy = x[i] + scale * torch.randn((n, 1, 8, 8), generator=g)
     blend = torch.where((y[i] != y[j]).view(n, 1, 1, 1), (x[i] + x[j]) / 2, uniform)
-    out = torch.where(kind == 0, uniform, torch.where(kind == 1, scrambled, torch.where(kind == 2, noisy, blend)))
-    return out.clamp(-1, 1)
+    out = torch.where(kind == 2, noisy, blend)
+    out = torch.where(kind == 1, scrambled, out)
+    return torch.where(kind == 0, uniform, out).clamp(-1, 1)
 
 
 def train_digit_classifier(seed: int = 0, iters: int = 2000, noise: float = 0.3) -> Dict[str, torch.Tensor]:
@@ -75,7 +79,7 @@ def train_digit_classifier(seed: int = 0, iters: int = 2000, noise: float = 0.3)
     for _ in range(iters):
         idx = torch.randint(len(y), (128,), generator=g)
         real = shift_images(x[idx], g)
-        real = (real + noise * torch.rand((128, 1, 1, 1), generator=g) * torch.randn(real.shape, generator=g))
+        real = real + noise * torch.rand((128, 1, 1, 1), generator=g) * torch.randn(real.shape, generator=g)
         xb = torch.cat([real.clamp(-1, 1), junk_images(x, y, 64, g)])
         yb = torch.cat([y[idx], torch.full((64,), JUNK, dtype=torch.long)])
         loss = nn.functional.cross_entropy(net(xb), yb)
@@ -104,9 +108,10 @@ def images_to_pixels(samples: torch.Tensor) -> torch.Tensor:
     return x * 2 - 1
 
 
-def prompt_targets(prompts: Sequence[str], target: Optional[int]) -> torch.Tensor:
-    """The digit each sample should show: `target` for all, else the prompt's digit. -> (B,) long."""
-    if target is not None:
+def prompt_targets(prompts: Sequence[str], target: Optional[int] = None) -> torch.Tensor:
+    """The digit each sample should show: `target` (0..9) for all, else (None or -1) the prompt's
+    digit. -> (B,) long."""
+    if target is not None and int(target) >= 0:
         return torch.full((len(prompts),), int(target), dtype=torch.long)
     bad = [p for p in prompts if not (len(str(p).strip()) == 1 and str(p).strip().isdigit())]
     if bad:
@@ -117,13 +122,14 @@ def prompt_targets(prompts: Sequence[str], target: Optional[int]) -> torch.Tenso
 
 
 @REWARDS.register("digit_classifier", domain="image", differentiable=True)
-def digit_classifier(device, target: Optional[int] = None, temperature: float = 1.0, seed: int = 0,
+def digit_classifier(device, target: Optional[int] = -1, temperature: float = 1.0, seed: int = 0,
                      cache_dir: str = ""):
-    """reward = softmax(logits / temperature)[digit asked for] in [0, 1]. Options: target (0..9 or
-    None = the prompt's digit), temperature (> 0; > 1 softens the probabilities), seed / cache_dir of
-    the cached classifier."""
-    if target is not None and not 0 <= int(target) <= 9:
-        raise ValueError(f"reward.options.digit_classifier.target={target}: use a digit 0..9 (or None)")
+    """reward = softmax(logits / temperature)[digit asked for] in [0, 1] (softmax over the 10 digits
+    and JUNK). Options: target (0..9 for that digit whatever the prompt; -1 or None = the prompt's
+    digit), temperature (> 0; > 1 softens the probabilities), seed / cache_dir of the classifier."""
+    if target is not None and not -1 <= int(target) <= 9:
+        raise ValueError(f"reward.options.digit_classifier.target={target}: use a digit 0..9, or -1 "
+                         f"for the prompt's digit")
     if temperature <= 0:
         raise ValueError(f"reward.options.digit_classifier.temperature={temperature}: must be > 0")
     net = load_digit_classifier(device, seed, cache_dir)
@@ -137,7 +143,8 @@ def digit_classifier(device, target: Optional[int] = None, temperature: float = 
 
 @REWARDS.register("digit_confidence", domain="image", differentiable=True)
 def digit_confidence(device, temperature: float = 1.0, seed: int = 0, cache_dir: str = ""):
-    """reward = max_k softmax(logits / temperature)_k in [0.1, 1]: a clearly drawn digit, any class."""
+    """reward = max over the 10 digits of softmax(logits / temperature) in [0, 1] (JUNK takes the
+    rest): a clearly drawn digit, any class. Options as digit_classifier."""
     if temperature <= 0:
         raise ValueError(f"reward.options.digit_confidence.temperature={temperature}: must be > 0")
     net = load_digit_classifier(device, seed, cache_dir)

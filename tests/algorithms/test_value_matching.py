@@ -121,13 +121,13 @@ def test_base_sde_keeps_the_base_marginal_and_exact_value_tilts_it_to_0359():
 
 
 def test_value_matching_moves_the_fraction_towards_0359():
-    """150 iterations (a few seconds) of flow_gym's loop on 20 steps. The exact V* gives 0.347 on
-    this grid; the short run gets ~0.29 (policy iteration is still converging; longer runs get
-    0.30-0.32, see the report). Asserted: at least 40% of the way from P = 0.171 (0.25 is 13 SE
-    above P with 4000 samples) and no overshoot past the optimum (0.40 = 0.359 + 5 SE)."""
+    """150 iterations (~3 s) of flow_gym's loop on 20 steps. The exact V* gives 0.347 on this grid;
+    this short run gets 0.302-0.306 over seeds 0-3 (the learned V is still a smoothed V*; longer
+    runs stay ~0.30-0.32). Asserted: at least 40% of the way from P = 0.171 (0.25 is 11 SE above P
+    with 4000 samples) and no overshoot past the optimum (0.40 = 0.359 + 5 SE)."""
     torch.manual_seed(0)
     env = flowrl.make("1d/gmm", "1d/binary", discretization_steps=20, reward_scale=1.0)
-    hist = value_matching(ValueMLP(1, 32, 2), env, batch_size=256, num_iterations=150, lr=1e-2)
+    hist = value_matching(ValueMLP(1, 32, 2), env, batch_size=256, num_iterations=150, lr=3e-2)
     assert all(math.isfinite(h["loss"]) for h in hist)
     assert 0.25 < _fraction(env) < 0.40
 
@@ -187,8 +187,14 @@ def test_controlled_policy_wraps_the_base():
     env = flowrl.make("1d/gmm", "1d/binary", discretization_steps=5)
     cp = ControlledPolicy(env.policy, ExactValue(1.0))
     assert cp.sample_shape == (1,)
-    x = cp.sample(torch.randn(7, 1), num_steps=5, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(7, 1)
+    x = cp.sample(noise, num_steps=5, generator=torch.Generator().manual_seed(0))
     assert x.shape == (7, 1) and torch.isfinite(x).all()
+    alg = ValueMatching(hidden=8, depth=1)
+    alg.setup(env.policy, None)
+    alg.value_net = cp.value_net                          # the hook evaluation should call
+    y = alg.eval_sample(env.policy, noise, {}, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, y)
 
 
 def test_trainer_trains_only_the_value_network_and_resumes(tmp_path):
