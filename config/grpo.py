@@ -255,13 +255,6 @@ def tiny_geneval():
 
 
 # ------------------------------------------------------------------ 8x8 digits (sklearn), on a CPU
-def register_digits():
-    """Import the `digits` policy and the digit rewards (registering them) in case the registries'
-    module lists (flowrl/registry.py) do not name these modules."""
-    import flowrl.policies.image_flow  # noqa: F401
-    import flowrl.rewards.digits  # noqa: F401
-
-
 def digits():
     """Class-conditional 8x8 digits (flowrl.policies.image_flow: a residual MLP flow that flowrl trains
     by CFM on sklearn digits and caches, ~25 s cold), reward = P(the digit the prompt asks for) under
@@ -271,7 +264,6 @@ def digits():
     2 optimizer steps per epoch; eval 200 ODE samples (20 per digit, 10 steps) every 5 epochs.
     Measured on 2 busy cores: eval reward 0.808 -> ~0.99 in 30 epochs, ~10 s of training (warm cache).
     Other targets: --set reward.options.digit_classifier.target=3 rewards a 3 whatever the prompt."""
-    register_digits()
     c = base.get_config()
     c.model = ml_collections.ConfigDict({
         "name": "digits", "hidden": 128, "depth": 2, "emb": 64, "base_iters": 2000, "base_batch": 128,

@@ -66,11 +66,11 @@ class Registry:
 
 # Modules holding the built-in entries; a new base model / method / reward family adds one line here.
 POLICIES = Registry("policy", ["flowrl.policies.toy2d", "flowrl.policies.sd3",
-                               "flowrl.policies.gmm1d"])
+                               "flowrl.policies.gmm1d", "flowrl.policies.image_flow"])
 ALGORITHMS = Registry("algorithm", ["flowrl.algorithms.grpo", "flowrl.algorithms.ddpo",
                                     "flowrl.algorithms.orw", "flowrl.algorithms.nft",
                                     "flowrl.algorithms.value_matching",
                                     "flowrl.algorithms.dpo", "flowrl.algorithms.reward_backprop"])
 REWARDS = Registry("reward", ["flowrl.rewards.toy", "flowrl.rewards.jpeg", "flowrl.rewards.ocr",
                               "flowrl.rewards.clip", "flowrl.rewards.scene",
-                              "flowrl.rewards.toy1d"])
+                              "flowrl.rewards.toy1d", "flowrl.rewards.digits"])

@@ -38,12 +38,18 @@ def reward_weights(rewards: torch.Tensor, temperature: float, normalize: bool) -
     return torch.exp(z).float()
 
 
-def ot_pair(x1: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    """Reorder noise x0 (B, *shape) to minimise sum ||x1_i - x0_pi(i)||^2 (exact, Hungarian)."""
+def ot_pair(x1: torch.Tensor, x0: torch.Tensor, keys: torch.Tensor = None) -> torch.Tensor:
+    """Reorder noise x0 (B, *shape) to minimise sum ||x1_i - x0_pi(i)||^2 (exact, Hungarian), within
+    rows of equal `keys` (B,) if given: a conditional model must see unskewed noise per condition."""
     from scipy.optimize import linear_sum_assignment
-    cost = torch.cdist(x1.flatten(1).double(), x0.flatten(1).double()) ** 2
-    _, cols = linear_sum_assignment(cost.cpu().numpy())
-    return x0[torch.as_tensor(cols, device=x0.device)]
+    out = x0.clone()
+    groups = [torch.arange(len(x1))] if keys is None else [
+        torch.nonzero(keys == k).flatten() for k in torch.unique(keys)]
+    for idx in groups:
+        a, b = x1[idx].flatten(1).double(), x0[idx].flatten(1).double()
+        _, cols = linear_sum_assignment((torch.cdist(a, b) ** 2).cpu().numpy())
+        out[idx] = x0[idx][torch.as_tensor(cols, device=x0.device)]
+    return out
 
 
 @ALGORITHMS.register("orw_cfm_w2")
@@ -76,8 +82,8 @@ class ORWCFMW2(AlgorithmBase):
     def loss_terms(self, policy, mb: Batch, st) -> Iterator[Tuple[torch.Tensor, Dict]]:
         x1 = mb["latents"][:, -1]
         x0 = torch.randn(x1.shape, generator=self._generator).to(x1.device)
-        if self.ot:
-            x0 = ot_pair(x1, x0)
+        if self.ot:   # minibatch OT, within each prompt (conditional models)
+            x0 = ot_pair(x1, x0, mb["prompt_ids"].to(x1.device))
         sigma = torch.rand(x1.shape[0], generator=self._generator).to(x1.device)
         s = sigma.view(-1, *([1] * (x1.ndim - 1)))
         xt = (1 - s) * x1 + s * x0

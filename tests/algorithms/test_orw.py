@@ -46,3 +46,12 @@ def test_ot_pairing_is_optimal_on_a_permuted_copy():
 def test_bad_options_are_refused(kw, msg):
     with pytest.raises(ValueError, match=msg):
         ORWCFMW2(**kw)
+
+
+def test_ot_pairing_stays_within_each_prompt():
+    x1 = torch.tensor([[0.0], [10.0], [0.1], [10.1]])
+    keys = torch.tensor([0, 0, 1, 1])
+    x0 = torch.tensor([[10.0], [0.0], [0.0], [10.0]])
+    out = ot_pair(x1, x0, keys)
+    assert out.flatten().tolist() == [0.0, 10.0, 0.0, 10.0]
+    assert sorted(out[:2].flatten().tolist()) == sorted(x0[:2].flatten().tolist())   # a permutation per prompt
