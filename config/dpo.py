@@ -46,7 +46,14 @@ def tiny_sd3():
     return c
 
 
-EXPERIMENTS = {"moons": moons, "moons_dpo": moons_dpo, "tiny_sd3": tiny_sd3}
+def digits():
+    """D3PO on class-conditional 8x8 digits: 160 samples = 80 reward-ranked pairs per epoch."""
+    c = _pairs(grpo.digits())
+    c.algorithm = ml_collections.ConfigDict({"name": "d3po", "beta": 0.1, "eps": 0.1,
+                                             "ratio_to": "reference", "tie_margin": 0.0})
+    return c
+
+EXPERIMENTS = {"moons": moons, "moons_dpo": moons_dpo, "tiny_sd3": tiny_sd3, "digits": digits}
 
 
 def get_config(name="moons"):

@@ -32,7 +32,16 @@ def moons_fidelity():
     return c
 
 
-EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity}
+def digits():
+    """Class-conditional 8x8 digits (grpo.py:digits' model, prompts, batches and evaluation)."""
+    c = grpo.digits()
+    c.algorithm = ml_collections.ConfigDict({
+        "name": "nft", "beta": 1.0, "adv_clip_max": 5.0, "std_per_group": False,
+        "adaptive_weighting": True, "kl_beta": 0.0, "timesteps_per_sample": 0, "seed": 0,
+        "old_batch_size": 160})
+    return c
+
+EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity, "digits": digits}
 
 
 def get_config(name="moons"):

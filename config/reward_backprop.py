@@ -42,7 +42,17 @@ def moons_fidelity():
     return c
 
 
-EXPERIMENTS = {"moons": moons, "moons_w2": moons_w2, "moons_fidelity": moons_fidelity}
+def digits():
+    """Class-conditional 8x8 digits through the digit classifier's gradient (differentiable)."""
+    c = grpo.digits()
+    c.algorithm = ml_collections.ConfigDict({"name": "reward_backprop", "last_k": 0,
+                                             "w2_coefficient": 0.1, "grad_chunk": 0})
+    c.sample.group_size = 1
+    c.train.lr = 1e-4
+    return c
+
+EXPERIMENTS = {"moons": moons, "moons_w2": moons_w2, "moons_fidelity": moons_fidelity,
+               "digits": digits}
 
 
 def get_config(name="moons"):
