@@ -40,9 +40,9 @@ class T2IConfig:
     heads: int = 6
     head_dim: int = 16
     patch: int = 2
-    steps: int = 2000                   # transformer optimizer steps
+    steps: int = 2500                   # transformer optimizer steps
     batch: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup: int = 100
     ema_decay: float = 0.999
     cfg_dropout: float = 0.1            # fraction of captions replaced by "" (classifier-free guidance)

@@ -9,7 +9,7 @@
        FlowMatchEulerDiscreteScheduler (timesteps = sigmas x 1000; step x' = x + (sigma' - sigma) v):
        x_sigma = (1 - sigma) x0 + sigma eps, target v = eps - x0, sigma = shift(sigmoid(N(0, 1)))
        (SD3's logit-normal), timestep = sigma x 1000; captions dropped to "" with p = cfg_dropout;
-       AdamW, linear warm-up, EMA of the weights (saved);
+       AdamW, linear warm-up then cosine decay to 0.1 x lr, EMA of the weights (saved);
     5. save_pretrained: `StableDiffusion3Pipeline.from_pretrained(DIR)` loads it (pass
        max_sequence_length=16 when sampling: the T5 length it was trained with).
 
@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -53,6 +54,11 @@ def _lr_factor(step: int, warmup: int) -> float:
     return min(1.0, (step + 1) / max(1, warmup))
 
 
+def _cosine(step: int, total: int, floor: float = 0.1) -> float:
+    """Cosine decay from 1 to `floor` over `total` steps."""
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+
+
 # --------------------------------------------------------------------------------------- VAE
 def vae_loss(vae, x: torch.Tensor, kl_weight: float, gen: torch.Generator) -> torch.Tensor:
     """x (B, 3, H, W) in [-1, 1] -> weighted MSE of the reconstruction of a posterior sample + KL.
@@ -84,7 +90,7 @@ def train_vae(vae, images: torch.Tensor, cfg: T2IConfig, tick: Tick) -> float:
         opt.step()
         tick("vae", loss.item())
     vae.eval().requires_grad_(False)
-    return float(loss)
+    return loss.item()
 
 
 @torch.no_grad()
@@ -134,7 +140,7 @@ def train_transformer(model, latents: torch.Tensor, prompt_idx: torch.Tensor, em
     empty, loss = emb.shape[0] - 1, torch.tensor(float("nan"))
     for step in range(cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(step, cfg.warmup)
+            group["lr"] = cfg.lr * _lr_factor(step, cfg.warmup) * _cosine(step, cfg.steps)
         idx = torch.randint(len(latents), (cfg.batch,), generator=gen)
         rows = torch.where(torch.rand(cfg.batch, generator=gen) < cfg.cfg_dropout, empty, prompt_idx[idx])
         loss = flow_matching_loss(model, latents[idx], emb[rows], pooled[rows], cfg.shift, gen)
@@ -151,7 +157,7 @@ def train_transformer(model, latents: torch.Tensor, prompt_idx: torch.Tensor, em
         for e, p in zip(ema, params):
             p.copy_(e)
     model.eval().requires_grad_(False)
-    return float(loss)
+    return loss.item()
 
 
 # ------------------------------------------------------------------------------------- build
