@@ -58,6 +58,7 @@ def get_config():
     c.reward = ml_collections.ConfigDict()
     c.reward.weights = ml_collections.ConfigDict({"moons_unlearning": 1.0})
     c.reward.options = ml_collections.ConfigDict()
+    c.reward.metrics = ()            # rewards computed and logged with weight 0 (e.g. ("scene_accuracy",))
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 10                # epochs between evaluations (0: only before and after training)

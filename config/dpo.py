@@ -31,9 +31,24 @@ def moons_dpo():
     loser term (raise the loser's error, unbounded) drives samples off the data manifold."""
     c = _pairs(grpo.moons())
     c.algorithm = ml_collections.ConfigDict({"name": "diffusion_dpo", "beta": 100.0, "guidance": 1.0,
-                                             "tie_margin": 0.5, "num_sigmas": 1})
+                                             "tie_margin": 0.5, "num_sigmas": 1, "pairs_from": "rollouts",
+                                             "preference_file": ""})
     c.num_epochs = 60
     c.train.lr = 1e-3
+    return c
+
+
+def human():
+    """Diffusion-DPO on pairs that PEOPLE labelled: a JSONL file, one pair per line,
+    {"prompt": ..., "image_a": path, "image_b": path, "preferred": "a" | "b"} (paths relative to the
+    file; images for image models, .npy points/latents otherwise). Required:
+    --set algorithm.preference_file=PATH.jsonl. The model is the moons flow here (pairs of .npy
+    points); for SD3 start from grpo.py:pickscore's model settings. Each epoch trains on 256 pairs
+    (512 rows) and samples nothing; the reward (P(upper moon)) only scores the evaluations."""
+    c = moons_dpo()
+    c.algorithm.pairs_from = "file"
+    c.algorithm.tie_margin = 0.0            # labels are never ties
+    c.num_epochs = 30
     return c
 
 
@@ -53,7 +68,7 @@ def digits():
                                              "ratio_to": "reference", "tie_margin": 0.0})
     return c
 
-EXPERIMENTS = {"moons": moons, "moons_dpo": moons_dpo, "tiny_sd3": tiny_sd3, "digits": digits}
+EXPERIMENTS = {"moons": moons, "moons_dpo": moons_dpo, "human": human, "tiny_sd3": tiny_sd3, "digits": digits}
 
 
 def get_config(name="moons"):

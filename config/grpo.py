@@ -247,6 +247,7 @@ def tiny_geneval():
     c.algorithm.clip_range = 1e-4
     c.algorithm.beta = 0.01
     c.reward.weights = ml_collections.ConfigDict({"scene_geneval": 1.0})
+    c.reward.metrics = ("scene_accuracy",)
     c.eval.every = 5
     c.eval.num_samples = 176
     c.eval.batch_size = 176

@@ -39,7 +39,7 @@ def ode_eval_sample(policy, noise, cond, num_steps: int, guidance: float = 1.0, 
 def evaluate(policy, reward_fn, prompt_set, indices: torch.Tensor, num_steps: int, guidance: float,
              batch_size: int, seed: int, device, sample_fn=ode_eval_sample) -> Batch:
     """Sample (default: ODE) and score this rank's eval indices. -> Batch(samples, rewards, index;
-    prompts). `sample_fn(policy, noise, cond, num_steps, guidance, generator)`: an algorithm's own
+    prompts; "reward.<name>" (B,) per reward component). `sample_fn(policy, noise, cond, num_steps, guidance, generator)`: an algorithm's own
     sampler (e.g. value matching's controlled SDE), given a generator seeded per batch."""
     from flowrl.data.sampler import mix_seed
     noise = eval_noise(indices, policy.sample_shape, seed)
@@ -52,8 +52,9 @@ def evaluate(policy, reward_fn, prompt_set, indices: torch.Tensor, num_steps: in
         gen = torch.Generator().manual_seed(mix_seed(seed, int(idx[0]), 21))
         x = sample_fn(policy, noise[start:start + batch_size].to(device), cond, num_steps, guidance, gen)
         samples = policy.decode(x).float()
-        total, _ = reward_fn(samples, prompts, meta)
-        out.append(Batch({"samples": samples.cpu(), "rewards": total, "index": idx}, {"prompts": prompts}))
+        total, parts = reward_fn(samples, prompts, meta)
+        out.append(Batch({"samples": samples.cpu(), "rewards": total, "index": idx,
+                          **{f"reward.{k}": v for k, v in parts.items()}}, {"prompts": prompts}))
     return Batch.cat(out)
 
 
@@ -73,6 +74,8 @@ def save_eval(run_dir: Path, tag: str, local: Batch, gathered: Dict[str, torch.T
         arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         Image.fromarray(arr).save(out / f"{i:05d}.png")
     if is_main:
+        parts = {k[7:]: gathered[k].tolist() for k in gathered if k.startswith("reward.")}
         rows = [{"index": i, "image": f"{i:05d}.png", "prompt": prompt_set.prompts[i % len(prompt_set)],
-                 "reward": float(r)} for i, r in zip(gathered["index"].tolist(), gathered["rewards"].tolist())]
+                 "reward": float(r), **({k: v[n] for k, v in parts.items()} if len(parts) > 1 else {})}
+                for n, (i, r) in enumerate(zip(gathered["index"].tolist(), gathered["rewards"].tolist()))]
         (out / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -46,6 +46,8 @@ class Algorithm(Protocol):
     sampling: str
 
     def setup(self, policy: Policy, reward) -> None: ...          # bind what the method needs
+    def collect(self, policy: Policy, epoch: int, rank: int, world_size: int,
+                num_samples: int) -> Optional[Batch]: ...          # own data (None: roll out)
     def prepare(self, policy: Policy, batch: Batch, gathered: Batch,
                 rank_slice: slice) -> Dict[str, float]: ...        # advantages, weights, pairs
     def num_loss_terms(self, num_train_steps: int) -> int: ...      # backward passes per minibatch

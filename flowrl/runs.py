@@ -42,7 +42,8 @@ def build_policy(config, device: torch.device):
 
 def build_run_reward(config, device: torch.device):
     from flowrl.rewards import build_reward
-    return build_reward(config.reward.weights.to_dict(), config.reward.options.to_dict(), device)
+    return build_reward(config.reward.weights.to_dict(), config.reward.options.to_dict(), device,
+                        tuple(config.reward.get("metrics", ())))
 
 
 def load_policy_weights(policy, checkpoint: Path, use_ema: bool = True) -> None:

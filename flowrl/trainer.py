@@ -76,7 +76,8 @@ class Trainer:
         runtime = Runtime(acc.device, dtype, cache_dir(), c.seed)
         with acc.main_process_first():   # the main process trains/caches base models first
             self.policy = POLICIES.build(c.model.name, runtime, **options(c.model))
-            self.reward = build_reward(c.reward.weights.to_dict(), c.reward.options.to_dict(), acc.device)
+            self.reward = build_reward(c.reward.weights.to_dict(), c.reward.options.to_dict(), acc.device,
+                                       tuple(c.reward.metrics))
         self.algorithm.setup(self.policy, self.reward)
         self.prompts = load_prompts(c.prompts.dataset)
         self.test_prompts = load_prompts(c.prompts.test_dataset or c.prompts.dataset)
@@ -148,8 +149,13 @@ class Trainer:
 
     @torch.no_grad()
     def collect(self, epoch: int, st) -> Batch:
-        """This rank's rollouts and rewards for one epoch. Rewards are computed here, locally."""
+        """This rank's rollouts and rewards for one epoch. Rewards are computed here, locally. An
+        algorithm with its own data (algorithm.collect returns a Batch) replaces the rollouts."""
         c, acc = self.c, self.acc
+        own = self.algorithm.collect(self.policy, epoch, acc.process_index, acc.num_processes,
+                                     c.sample.batch_size * c.sample.num_batches_per_epoch)
+        if own is not None:
+            return own
         prompt_idx, group_ids = epoch_assignment(len(self.prompts), self.plan.groups_per_epoch,
                                                  c.sample.group_size, acc.num_processes,
                                                  acc.process_index, c.seed, epoch,
@@ -234,10 +240,13 @@ class Trainer:
             local = evaluate(self.policy, self.reward, self.test_prompts, idx, c.sample.eval_num_steps,
                              c.sample.guidance_scale, c.eval.batch_size, c.eval.seed, acc.device,
                              sample_fn=self.algorithm.eval_sample)
-        keys = ["rewards", "index"] + (["samples"] if local["samples"].ndim == 2 else [])
+        parts = [k for k in local.tensors if k.startswith("reward.")]
+        keys = ["rewards", "index"] + parts + (["samples"] if local["samples"].ndim == 2 else [])
         gathered = {k: acc.gather(local[k].to(acc.device)).cpu() for k in keys}
         save_eval(self.run_dir, tag, local, gathered, self.test_prompts, self.is_main)
         self.eval_extra = self._diversity(tag, local, float(gathered["rewards"].mean()))
+        if len(parts) > 1:   # per component, e.g. eval_scene_accuracy next to eval_reward
+            self.eval_extra.update({f"eval_{k[7:]}": float(gathered[k].mean()) for k in parts})
         self._log_images(tag, local)
         return float(gathered["rewards"].mean())
 

@@ -26,6 +26,11 @@ class AlgorithmBase:
     def bind_modules(self, wrapped: Dict[str, nn.Module]) -> None:
         """The same modules after accelerate wrapped them (forward through these)."""
 
+    def collect(self, policy, epoch: int, rank: int, world_size: int, num_samples: int):
+        """This rank's `num_samples` training rows for `epoch` from the method's own data (e.g. a
+        preference file), or None: the trainer rolls out the policy and scores it (the default)."""
+        return None
+
     def rollout(self, policy, noise, cond, st, generator) -> Trajectory:
         """Sample from `noise` with the policy (SDE steps per st.sde_mask, ODE elsewhere)."""
         return rollout(lambda x, s: policy.velocity(x, s, cond, guidance=st.sample_guidance),

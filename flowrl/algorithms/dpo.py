@@ -16,16 +16,14 @@ At theta = ref both losses are log 2.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from flowrl.algorithms.base import AlgorithmBase
 from flowrl.algorithms.grpo import cond_of, step_log_prob
+from flowrl.algorithms.preferences import encode_pairs, epoch_pairs, file_batch, load_preference_file  # noqa: F401
 from flowrl.batch import Batch
 from flowrl.config import ConfigError
 from flowrl.registry import ALGORITHMS
@@ -135,7 +133,8 @@ class _PairAlgorithm(AlgorithmBase):
     def prepare(self, policy, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
         signs, weights = pair_preferences(gathered["rewards"], gathered["group_ids"], self.name,
                                           self.tie_margin)
-        check_same_noise(batch["latents"], pair_index(batch["group_ids"], self.name), self.name)
+        if getattr(self, "pairs", None) is None:   # rollout pairs (not a preference file's)
+            check_same_noise(batch["latents"], pair_index(batch["group_ids"], self.name), self.name)
         dev = batch["latents"].device
         batch["pref_signs"] = signs[rank_slice].to(dev)
         batch["weights"] = weights[rank_slice].to(dev)
@@ -200,18 +199,35 @@ class DiffusionDPO(_PairAlgorithm):
     """Options (config.algorithm): beta (~100 for flows, 5000 for SD1.5's epsilon loss), guidance
     (CFG scale of the velocities in the loss; 1.0 = conditional only), tie_margin (as d3po),
     num_sigmas (draws of (sigma, noise) per pair and minibatch, averaged: less variance). Pairs are
-    sampled with the SDE (sample.noise_level) so that two samples from one initial noise differ."""
+    sampled with the SDE (sample.noise_level) so that two samples from one initial noise differ, or,
+    with pairs_from="file" and preference_file=PATH, read from people's labels (flowrl/algorithms/preferences.py): each
+    epoch then trains on sample.batch_size x num_batches_per_epoch / 2 labelled pairs per process and
+    samples nothing; the configured reward only scores the evaluations (pairs_from="file")."""
 
     sampling = "sde"
     name = "diffusion_dpo"
 
     def __init__(self, beta: float = 100.0, guidance: float = 1.0, tie_margin: float = 0.0,
-                 num_sigmas: int = 1):
+                 num_sigmas: int = 1, pairs_from: str = "rollouts", preference_file: str = ""):
         if beta <= 0 or tie_margin < 0 or num_sigmas < 1:
             raise ValueError(f"algorithm diffusion_dpo: need beta > 0, tie_margin >= 0, num_sigmas >= 1 "
                              f"(got beta={beta}, tie_margin={tie_margin}, num_sigmas={num_sigmas})")
         self.beta, self.guidance, self.tie_margin, self.num_sigmas = beta, guidance, tie_margin, num_sigmas
         self._generator = torch.Generator().manual_seed(0)
+        if pairs_from not in ("rollouts", "file") or (pairs_from == "file") != bool(preference_file):
+            raise ConfigError(f"algorithm diffusion_dpo: pairs_from={pairs_from!r} with preference_file="
+                              f"{preference_file!r}; use pairs_from='rollouts' (reward-ranked samples) or "
+                              f"pairs_from='file' with --set algorithm.preference_file=PATH.jsonl")
+        # people's labels instead of rollouts; read (and every image checked) before any model loads
+        self.pairs = load_preference_file(preference_file) if preference_file else None
+
+    def collect(self, policy, epoch: int, rank: int, world_size: int, num_samples: int):
+        """With a preference file: this rank's num_samples / 2 labelled pairs of the epoch."""
+        if self.pairs is None:
+            return None
+        per_rank = num_samples // 2
+        index = epoch_pairs(len(self.pairs), per_rank, epoch, rank, world_size, seed=0)
+        return file_batch(policy, self.pairs, index, (epoch * world_size + rank) * per_rank)
 
     def prepare(self, policy, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
         from flowrl.data.sampler import mix_seed   # fresh, rank-distinct, resumable noise each epoch
@@ -234,104 +250,3 @@ class DiffusionDPO(_PairAlgorithm):
         acc = ((margin.detach() > 0).float() * w).sum().item() / max(w.sum().item(), 1.0)
         yield loss, {"dpo_loss": loss.item(), "dpo_margin": margin.detach().mean().item(),
                      "pref_accuracy": acc}
-
-
-# ------------------------------------------------------------------ human preference files (offline)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-TENSOR_SUFFIXES = (".npy", ".pt")
-
-
-@dataclass
-class PreferencePair:
-    """One labelled pair: the preferred and the other image (absolute paths), its prompt and line."""
-    prompt: str
-    winner: Path
-    loser: Path
-    line: int
-
-
-def _parse_line(text: str, where: str) -> dict:
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-    keys = ("prompt", "image_a", "image_b", "preferred")
-    missing = [k for k in keys if k not in row] if isinstance(row, dict) else list(keys)
-    if missing:
-        raise ValueError(f"{where}: needs the keys prompt, image_a, image_b, preferred; missing {missing}")
-    if row["preferred"] not in ("a", "b"):
-        raise ValueError(f"{where}: preferred must be \"a\" or \"b\", got {row['preferred']!r}")
-    return row
-
-
-def load_preference_file(path) -> List[PreferencePair]:
-    """Read `{"prompt", "image_a", "image_b", "preferred": "a"|"b"}` per line (image paths relative to
-    the file). Every image must exist: FileNotFoundError names the file, the line and the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"preference file {str(path)!r} not found")
-    pairs = []
-    for n, text in enumerate(path.read_text().splitlines(), start=1):
-        if not text.strip():
-            continue
-        where = f"{path}:{n}"
-        row = _parse_line(text, where)
-        files = {}
-        for key in ("image_a", "image_b"):
-            f = (path.parent / str(row[key])).resolve()
-            if not f.is_file():
-                raise FileNotFoundError(f"{where}: {key} {row[key]!r} not found (looked for {f})")
-            files[key[-1]] = f
-        other = "b" if row["preferred"] == "a" else "a"
-        pairs.append(PreferencePair(str(row["prompt"]), files[row["preferred"]], files[other], n))
-    if not pairs:
-        raise ValueError(f"preference file {path} holds no pairs")
-    return pairs
-
-
-def read_sample(path: Path, channels: int = 3) -> torch.Tensor:
-    """An image file -> (C, H, W) float in [0, 1] (C = 1: grayscale, else RGB); a .npy / .pt file ->
-    its tensor as it is (a 2-D point, or a latent)."""
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        import numpy as np
-        return torch.from_numpy(np.load(path)).float()
-    if suffix == ".pt":
-        return torch.as_tensor(torch.load(path, map_location="cpu", weights_only=True)).float()
-    if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path}: unsupported sample file; use one of {IMAGE_SUFFIXES + TENSOR_SUFFIXES}")
-    import numpy as np
-    from PIL import Image
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
-    t = torch.from_numpy(arr)
-    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-
-
-def to_latents(policy, samples: Sequence[torch.Tensor], files: Sequence[Path]) -> torch.Tensor:
-    """Stack samples and map them to the policy's latents: `policy.encode_images((B, 3, H, W) in
-    [0, 1])` for images if the policy has it, else the samples must already have its sample_shape."""
-    shape = tuple(policy.sample_shape)
-    encode = getattr(policy, "encode_images", None)
-    if encode is not None and all(s.ndim == 3 and s.shape[0] == 3 for s in samples):
-        sizes = {tuple(s.shape) for s in samples}
-        if len(sizes) > 1:
-            raise ValueError(f"preference images differ in size {sorted(sizes)}; resize them to one size")
-        with torch.no_grad():
-            return encode(torch.stack(samples)).float()
-    for s, f in zip(samples, files):
-        if tuple(s.shape) != shape:
-            raise ValueError(f"{f}: sample of shape {tuple(s.shape)} does not match the policy's "
-                             f"sample_shape {shape}, and the policy has no encode_images()")
-    return torch.stack(samples).float()
-
-
-def encode_pairs(policy, pairs: Sequence[PreferencePair]):
-    """-> (x_w (P, *shape), x_l (P, *shape), prompts [P]): the winners' and losers' latents."""
-    shape = tuple(policy.sample_shape)
-    channels = shape[0] if len(shape) == 3 and getattr(policy, "encode_images", None) is None else 3
-    win = [read_sample(p.winner, channels) for p in pairs]
-    lose = [read_sample(p.loser, channels) for p in pairs]
-    x_w = to_latents(policy, win, [p.winner for p in pairs])
-    x_l = to_latents(policy, lose, [p.loser for p in pairs])
-    return x_w, x_l, [p.prompt for p in pairs]

@@ -34,7 +34,8 @@ DIFFERENTIABLE_EXAMPLES = "pickscore, clipscore, aesthetic, moons_unlearning, mo
 
 def check_differentiable(reward) -> None:
     """Raise ValueError naming every weighted reward whose registry meta lacks differentiable=True."""
-    names = list(getattr(reward, "fns", {}) or {})
+    weights = getattr(reward, "weights", None) or {n: 1.0 for n in getattr(reward, "fns", {}) or {}}
+    names = [n for n, w in weights.items() if w != 0]   # weight-0 metrics are only logged
     bad = [n for n in names if not REWARDS.meta(n).get("differentiable", False)]
     if not names or bad:
         raise ValueError(

@@ -23,7 +23,8 @@ def check_scores(name: str, scores, batch_size: int) -> torch.Tensor:
 
 
 class WeightedReward:
-    """total = sum_k weight_k * reward_k(samples, prompts, metadata); components are kept for logging."""
+    """total = sum_k weight_k * reward_k(samples, prompts, metadata); components are kept for logging.
+    A reward with weight 0 (config.reward.metrics) is computed and logged but adds nothing."""
 
     def __init__(self, fns: Mapping[str, object], weights: Mapping[str, float]):
         self.fns = dict(fns)
@@ -39,8 +40,10 @@ class WeightedReward:
         return total, parts
 
 
-def build_reward(weights: Mapping[str, float], options: Mapping[str, Mapping], device) -> WeightedReward:
-    """Build every reward with a non-zero weight. `options[name]` are passed to that factory."""
+def build_reward(weights: Mapping[str, float], options: Mapping[str, Mapping], device,
+                 metrics: Sequence[str] = ()) -> WeightedReward:
+    """Build every reward with a non-zero weight, plus the `metrics` (logged, weight 0; e.g. the strict
+    accuracy `scene_accuracy` next to the fractional `scene_geneval`). `options[name]` go to its factory."""
     weights = {k: float(v) for k, v in dict(weights).items() if float(v) != 0.0}
     if not weights:
         raise ValueError("config.reward.weights has no non-zero weight; set e.g. "
@@ -50,5 +53,10 @@ def build_reward(weights: Mapping[str, float], options: Mapping[str, Mapping], d
     if unknown:
         raise KeyError(f"config.reward.options names unknown reward(s) {sorted(unknown)}; "
                        f"known: {REWARDS.names()}")
-    fns = {name: REWARDS.build(name, device, **dict(options.get(name, {}) or {})) for name in weights}
-    return WeightedReward(fns, weights)
+    metrics = [m for m in metrics if m not in weights]
+    unknown = [m for m in metrics if m not in REWARDS.names()]
+    if unknown:
+        raise KeyError(f"config.reward.metrics names unknown reward(s) {unknown}; known: {REWARDS.names()}")
+    names = list(weights) + metrics
+    fns = {name: REWARDS.build(name, device, **dict(options.get(name, {}) or {})) for name in names}
+    return WeightedReward(fns, {**weights, **{m: 0.0 for m in metrics}})

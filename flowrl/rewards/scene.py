@@ -198,3 +198,12 @@ def scene_geneval(device=None, strict: bool = False):
     def fn(images, prompts, metadata):
         return scene_scores(images, prompts, metadata)[1 if strict else 0]
     return fn
+
+
+@REWARDS.register("scene_accuracy", domain="image", differentiable=False)
+def scene_accuracy_reward(device=None):
+    """GenEval's strict per-prompt correctness (1.0 if every attribute holds); log it next to
+    `scene_geneval` with config.reward.metrics = ("scene_accuracy",)."""
+    def fn(images, prompts, metadata):
+        return scene_accuracy(images, prompts, metadata)
+    return fn

@@ -206,3 +206,11 @@ def test_images_go_through_encode_images_when_the_policy_has_it(tmp_path):
     assert x_w.shape == (1, 4, 1, 1) and x_w.max() == 0 and x_l.min() == 1 and prompts == ["a cat"]
     with pytest.raises(ValueError, match="sample_shape"):
         encode_pairs(tiny_policy(), load_preference_file(path))   # an image is no 2-D point
+
+
+def test_epoch_pairs_walk_the_file_once_per_pass_and_ranks_are_disjoint():
+    from flowrl.algorithms.preferences import epoch_pairs
+    seen = torch.cat([epoch_pairs(10, 2, e, r, 2, seed=0) for e in range(5) for r in range(2)])
+    assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
+    assert not torch.equal(seen[:10], seen[10:])            # a fresh permutation each pass
+    assert torch.equal(epoch_pairs(10, 2, 3, 1, 2, seed=0), epoch_pairs(10, 2, 3, 1, 2, seed=0))

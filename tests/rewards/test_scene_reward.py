@@ -90,5 +90,10 @@ def test_through_build_reward_with_shipped_metadata():
     total, parts = build_reward({"scene_geneval": 1.0}, {}, torch.device("cpu"))(
         images, [r["prompt"] for r in rows], ps.metadata[:6])
     assert total.shape == (6,) and torch.equal(total, parts["scene_geneval"]) and total.min() == 1.0
+    wrong = images.flip(0)   # other prompts' scenes: strict accuracy 0 where the attributes differ
+    total, parts = build_reward({"scene_geneval": 1.0}, {}, "cpu", metrics=("scene_accuracy",))(
+        wrong, [r["prompt"] for r in rows], ps.metadata[:6])
+    assert torch.equal(parts["scene_accuracy"], (parts["scene_geneval"] == 1.0).float())
+    assert parts["scene_accuracy"].sum() < 6
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         scene_scores(torch.zeros(2, 32, 32), ["a square"] * 2)

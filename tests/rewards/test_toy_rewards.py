@@ -23,6 +23,16 @@ def test_weighted_sum_of_rewards():
     assert total.item() == pytest.approx(1.5)
 
 
+def test_metrics_are_logged_but_add_nothing(tmp_path):
+    fn = build_reward({"moons_fidelity": 2.0}, {"moons_unlearning": {"cache_dir": str(tmp_path)}}, "cpu",
+                      metrics=("moons_unlearning",))
+    total, parts = fn(torch.tensor([[0.0, 1.0]]), [""], [{}])   # top of the upper moon: fidelity 1
+    assert total.item() == pytest.approx(2.0) and parts["moons_unlearning"].item() > 0.9
+    assert fn.weights == {"moons_fidelity": 2.0, "moons_unlearning": 0.0}
+    with pytest.raises(KeyError, match="metrics.*binary_1e"):
+        build_reward({"moons_fidelity": 1.0}, {}, "cpu", metrics=("binary_1e",))
+
+
 def test_bad_scores_name_the_reward():
     with pytest.raises(ValueError, match="'r'.*NaN"):
         check_scores("r", torch.tensor([1.0, float("nan")]), 2)

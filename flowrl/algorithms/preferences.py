@@ -1,0 +1,150 @@
+"""Preferences that people labelled: a JSONL file of image pairs, read, checked and encoded for the
+pair losses (flowrl/algorithms/dpo.py), and served to the trainer as each epoch's pairs.
+
+One line per pair: {"prompt": str, "image_a": path, "image_b": path, "preferred": "a" | "b"}, paths
+relative to the file; images (.png/.jpg/...) are encoded with the policy's encode_images, .npy / .pt
+files are taken as the policy's samples (2-D points, latents). `diffusion_dpo` trains on them with
+algorithm.preference_file=PATH (flowrl/algorithms/dpo.py: file_batch).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+TENSOR_SUFFIXES = (".npy", ".pt")
+
+
+@dataclass
+class PreferencePair:
+    """One labelled pair: the preferred and the other image (absolute paths), its prompt and line."""
+    prompt: str
+    winner: Path
+    loser: Path
+    line: int
+
+
+def _parse_line(text: str, where: str) -> dict:
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+    keys = ("prompt", "image_a", "image_b", "preferred")
+    missing = [k for k in keys if k not in row] if isinstance(row, dict) else list(keys)
+    if missing:
+        raise ValueError(f"{where}: needs the keys prompt, image_a, image_b, preferred; missing {missing}")
+    if row["preferred"] not in ("a", "b"):
+        raise ValueError(f"{where}: preferred must be \"a\" or \"b\", got {row['preferred']!r}")
+    return row
+
+
+def load_preference_file(path) -> List[PreferencePair]:
+    """Read `{"prompt", "image_a", "image_b", "preferred": "a"|"b"}` per line (image paths relative to
+    the file). Every image must exist: FileNotFoundError names the file, the line and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"preference file {str(path)!r} not found")
+    pairs = []
+    for n, text in enumerate(path.read_text().splitlines(), start=1):
+        if not text.strip():
+            continue
+        where = f"{path}:{n}"
+        row = _parse_line(text, where)
+        files = {}
+        for key in ("image_a", "image_b"):
+            f = (path.parent / str(row[key])).resolve()
+            if not f.is_file():
+                raise FileNotFoundError(f"{where}: {key} {row[key]!r} not found (looked for {f})")
+            files[key[-1]] = f
+        other = "b" if row["preferred"] == "a" else "a"
+        pairs.append(PreferencePair(str(row["prompt"]), files[row["preferred"]], files[other], n))
+    if not pairs:
+        raise ValueError(f"preference file {path} holds no pairs")
+    return pairs
+
+
+def read_sample(path: Path, channels: int = 3) -> torch.Tensor:
+    """An image file -> (C, H, W) float in [0, 1] (C = 1: grayscale, else RGB); a .npy / .pt file ->
+    its tensor as it is (a 2-D point, or a latent)."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        import numpy as np
+        return torch.from_numpy(np.load(path)).float()
+    if suffix == ".pt":
+        return torch.as_tensor(torch.load(path, map_location="cpu", weights_only=True)).float()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported sample file; use one of {IMAGE_SUFFIXES + TENSOR_SUFFIXES}")
+    import numpy as np
+    from PIL import Image
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    t = torch.from_numpy(arr)
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+
+
+def to_latents(policy, samples: Sequence[torch.Tensor], files: Sequence[Path]) -> torch.Tensor:
+    """Stack samples and map them to the policy's latents: `policy.encode_images((B, 3, H, W) in
+    [0, 1])` for images if the policy has it, else the samples must already have its sample_shape."""
+    shape = tuple(policy.sample_shape)
+    encode = getattr(policy, "encode_images", None)
+    if encode is not None and all(s.ndim == 3 and s.shape[0] == 3 for s in samples):
+        sizes = {tuple(s.shape) for s in samples}
+        if len(sizes) > 1:
+            raise ValueError(f"preference images differ in size {sorted(sizes)}; resize them to one size")
+        with torch.no_grad():
+            return encode(torch.stack(samples)).float()
+    for s, f in zip(samples, files):
+        if tuple(s.shape) != shape:
+            raise ValueError(f"{f}: sample of shape {tuple(s.shape)} does not match the policy's "
+                             f"sample_shape {shape}, and the policy has no encode_images()")
+    return torch.stack(samples).float()
+
+
+def encode_pairs(policy, pairs: Sequence[PreferencePair]):
+    """-> (x_w (P, *shape), x_l (P, *shape), prompts [P]): the winners' and losers' latents."""
+    shape = tuple(policy.sample_shape)
+    channels = shape[0] if len(shape) == 3 and getattr(policy, "encode_images", None) is None else 3
+    win = [read_sample(p.winner, channels) for p in pairs]
+    lose = [read_sample(p.loser, channels) for p in pairs]
+    x_w = to_latents(policy, win, [p.winner for p in pairs])
+    x_l = to_latents(policy, lose, [p.loser for p in pairs])
+    return x_w, x_l, [p.prompt for p in pairs]
+
+
+def epoch_pairs(num_pairs: int, per_rank: int, epoch: int, rank: int, world_size: int,
+                seed: int) -> torch.Tensor:
+    """Which pairs of the file this rank trains on in `epoch`: (per_rank,) long indices into the file.
+    The file is walked in a fresh permutation each pass (seeded by (seed, pass)), so every pair is
+    seen once per pass; ranks take consecutive slices of the epoch's world_size * per_rank pairs."""
+    from flowrl.data.sampler import mix_seed
+    start = (epoch * world_size + rank) * per_rank
+    out = []
+    for k in range(start, start + per_rank):
+        walk, pos = divmod(k, num_pairs)
+        perm = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(mix_seed(seed, walk, 23)))
+        out.append(int(perm[pos]))
+    return torch.tensor(out, dtype=torch.long)
+
+
+def file_batch(policy, pairs: Sequence[PreferencePair], index: torch.Tensor, first_group: int):
+    """The trainer's Batch for the file pairs `index` (P,): rows 2p (winner, reward 1) and 2p+1
+    (loser, reward 0), group id first_group + p, prompt id = the pair's line in the file, the clean
+    sample as latents[:, -1] and zeros as latents[:, 0] (a labelled pair has no known initial noise),
+    and the prompts' conditioning as cond.*. The pair losses read only these."""
+    from flowrl.batch import Batch
+    chosen = [pairs[i] for i in index.tolist()]
+    x_w, x_l, prompts = encode_pairs(policy, chosen)
+    x = torch.stack([x_w, x_l], dim=1).flatten(0, 1)                  # (2P, *shape): w, l, w, l ...
+    prompts2 = [p for p in prompts for _ in range(2)]
+    cond = policy.encode(prompts2)
+    n = len(chosen)
+    tensors = {"latents": torch.stack([torch.zeros_like(x), x], dim=1),
+               "rewards": torch.tensor([1.0, 0.0]).repeat(n),
+               "prompt_ids": torch.tensor([p.line for p in chosen]).repeat_interleave(2),
+               "group_ids": (first_group + torch.arange(n)).repeat_interleave(2),
+               **{f"cond.{k}": v for k, v in cond.items()}}
+    return Batch(tensors, {"prompts": prompts2, "metadata": [{} for _ in prompts2]})
