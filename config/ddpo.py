@@ -24,6 +24,23 @@ def moons_fidelity():
 EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity}
 
 
+def tiny_geneval():
+    """The tiny text-to-image world (grpo.py:tiny_geneval: model, prompts, sampling, evaluation) with
+    DDPO: per-prompt stat tracking (each train prompt's last 32 rewards, batch statistics until 8
+    are in), the clipped ratio on the SDE window, a small KL to the base. Measured (CPU, 1 thread,
+    30 epochs): held-out reward 0.485 -> 0.669, strict accuracy 0.097 -> 0.301 (Vendi 26 -> 50)."""
+    c = grpo.tiny_geneval()
+    c.algorithm = ml_collections.ConfigDict({
+        "name": "ddpo", "clip_range": 1e-2, "adv_clip_max": 5.0, "per_prompt_stat_tracking": True,
+        "buffer_size": 32, "min_count": 8, "beta": 0.004})
+    c.num_epochs = 30
+    c.train.lr = 3e-3                 # measured at 3e-3 (grpo.py:tiny_geneval uses 1e-3)
+    return c
+
+
+EXPERIMENTS["tiny_geneval"] = tiny_geneval
+
+
 def get_config(name="moons"):
     if name not in EXPERIMENTS:
         raise KeyError(f"ddpo.py has no experiment {name!r}; known: {sorted(EXPERIMENTS)}")

@@ -71,6 +71,25 @@ def digits():
 EXPERIMENTS = {"moons": moons, "moons_dpo": moons_dpo, "human": human, "tiny_sd3": tiny_sd3, "digits": digits}
 
 
+def tiny_geneval():
+    """The tiny text-to-image world (grpo.py:tiny_geneval's model, prompts and evaluation) with D3PO:
+    64 pairs per epoch (two samples of a prompt from one noise, the SDE window makes them differ),
+    winner = higher scene_geneval; ties (equal rewards, frequent with a fraction-of-checks reward)
+    carry no weight. Measured (CPU, 1 thread): held-out reward 0.485 -> 0.551, strict accuracy
+    0.097 -> 0.193 in 10 epochs; trained on to 30 epochs at this lr it over-fits the pairs (0.528,
+    Vendi 26 -> 19), so 10 epochs."""
+    c = _pairs(grpo.tiny_geneval())
+    c.algorithm = ml_collections.ConfigDict({"name": "d3po", "beta": 0.1, "eps": 0.1,
+                                             "ratio_to": "reference", "tie_margin": 0.0})
+    c.num_epochs = 10
+    c.eval.every = 5
+    c.train.lr = 3e-3                 # measured at 3e-3 (grpo.py:tiny_geneval uses 1e-3)
+    return c
+
+
+EXPERIMENTS["tiny_geneval"] = tiny_geneval
+
+
 def get_config(name="moons"):
     if name not in EXPERIMENTS:
         raise KeyError(f"dpo.py has no experiment {name!r}; known: {sorted(EXPERIMENTS)}")

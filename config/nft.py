@@ -44,6 +44,25 @@ def digits():
 EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity, "digits": digits}
 
 
+def tiny_geneval():
+    """The tiny text-to-image world (grpo.py:tiny_geneval's model, prompts, batches and evaluation)
+    with DiffusionNFT on LoRA: ODE rollouts with CFG (NFT trains CFG-free velocities on the forward
+    process of the final latents), group advantages -> r in [0, 1]. Measured (CPU, 1 thread, 30
+    epochs): held-out reward 0.485 -> 0.582, strict accuracy 0.097 -> 0.205 (Vendi 26 -> 31)."""
+    c = grpo.tiny_geneval()
+    c.algorithm = ml_collections.ConfigDict({
+        "name": "nft", "beta": 1.0, "adv_clip_max": 5.0, "std_per_group": False,
+        "adaptive_weighting": True, "kl_beta": 0.0, "timesteps_per_sample": 0, "seed": 0,
+        "old_batch_size": 64})
+    c.sample.sde_window_size = 0
+    c.num_epochs = 30
+    c.train.lr = 3e-3                 # measured at 3e-3 (grpo.py:tiny_geneval uses 1e-3)
+    return c
+
+
+EXPERIMENTS["tiny_geneval"] = tiny_geneval
+
+
 def get_config(name="moons"):
     if name not in EXPERIMENTS:
         raise KeyError(f"nft.py has no experiment {name!r}; known: {sorted(EXPERIMENTS)}")

@@ -28,6 +28,28 @@ def moons_fidelity():
 EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity}
 
 
+def tiny_geneval():
+    """The tiny text-to-image world (grpo.py:tiny_geneval's model, prompts and evaluation) with
+    ORW-CFM-W2 on LoRA: ODE samples of the epoch's frozen policy, weights exp(10 r) normalised to mean
+    1 within the epoch, W2 to the base (LoRA off) with alpha 0.1; 2 inner epochs per epoch.
+    Measured (CPU, 1 thread): held-out reward 0.485 -> 0.708, strict accuracy 0.097 -> 0.386 in 10
+    epochs (Vendi 26 -> 22); trained on, alpha 0.1 does not hold it: by epoch 20 the samples
+    collapse (reward 0.40, Vendi 5.8). Hence 10 epochs; raise w2_coefficient to train longer."""
+    c = grpo.tiny_geneval()
+    c.algorithm = ml_collections.ConfigDict({
+        "name": "orw_cfm_w2", "w2_coefficient": 0.1, "temperature": 10.0,
+        "normalize_weights": True, "ot_pairing": False})
+    c.sample.sde_window_size = 0
+    c.train.num_inner_epochs = 2
+    c.num_epochs = 10
+    c.eval.every = 5
+    c.train.lr = 3e-3                 # measured at 3e-3 (grpo.py:tiny_geneval uses 1e-3)
+    return c
+
+
+EXPERIMENTS["tiny_geneval"] = tiny_geneval
+
+
 def get_config(name="moons"):
     if name not in EXPERIMENTS:
         raise KeyError(f"orw.py has no experiment {name!r}; known: {sorted(EXPERIMENTS)}")

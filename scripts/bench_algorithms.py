@@ -2,6 +2,8 @@
 
     python scripts/bench_algorithms.py                       # moons + moons_fidelity (+ digits if shipped)
     python scripts/bench_algorithms.py --tasks moons digits --methods grpo ddpo
+    python scripts/bench_algorithms.py --methods orw --tasks moons_fidelity \
+        --sweep algorithm.w2_coefficient=0,0.1,1,10          # a trade-off: one row per value
 
 For each config file config/<method>.py that has experiment <task>: reward before/after (ODE eval,
 fixed noise), diversity kept (Vendi of the final eval samples / the base model's, on the base
@@ -31,8 +33,9 @@ def available(methods, tasks):
                 yield f.name, t
 
 
-def run_one(spec: str, task: str, every: int):
-    cfg = load_config(spec, [f"eval.every={every}", "logging.progress=False", "checkpoint.every=0"])
+def run_one(spec: str, task: str, every: int, overrides=()):
+    cfg = load_config(spec, [f"eval.every={every}", "logging.progress=False", "checkpoint.every=0",
+                             *overrides])
     with tempfile.TemporaryDirectory() as d:
         t0 = time.time()
         summary = Trainer(cfg, Path(d) / "run").train()
@@ -44,7 +47,7 @@ def run_one(spec: str, task: str, every: int):
         if hit is None and target is not None and r.get("eval_reward", float("-inf")) >= target:
             hit = work
     div = [r["eval_diversity"] for r in rows if "eval_diversity" in r]
-    return {"spec": spec, "task": task, "before": summary["reward_before"], "after": summary["reward_after"],
+    return {"spec": " ".join([spec, *overrides]), "task": task, "before": summary["reward_before"], "after": summary["reward_after"],
             "diversity_kept": div[-1] / div[0] if len(div) > 1 else None, "finetune_s": work,
             "wall_s": wall, "to_target_s": hit, "target": target}
 
@@ -58,13 +61,18 @@ def main():
     ap.add_argument("--tasks", nargs="*", default=["moons", "moons_fidelity", "digits"])
     ap.add_argument("--methods", nargs="*", default=[])
     ap.add_argument("--eval-every", type=int, default=1)
+    ap.add_argument("--set", nargs="*", default=[], help="overrides for every run, KEY=VALUE")
+    ap.add_argument("--sweep", default="", help="KEY=V1,V2,...: one row per value")
     a = ap.parse_args()
+    key, _, values = a.sweep.partition("=")
+    variants = [[f"{key}={v}"] for v in values.split(",")] if a.sweep else [[]]
     results = []
     for file, task in available(a.methods, a.tasks):
-        try:
-            results.append(run_one(f"{file}:{task}", task, a.eval_every))
-        except Exception as e:  # one broken method must not hide the rest of the table
-            results.append({"spec": f"{file}:{task}", "task": task, "error": f"{type(e).__name__}: {e}"})
+        for extra in variants:
+            try:
+                results.append(run_one(f"{file}:{task}", task, a.eval_every, [*a.set, *extra]))
+            except Exception as e:  # one broken method must not hide the rest of the table
+                results.append({"spec": f"{file}:{task}", "task": task, "error": f"{type(e).__name__}: {e}"})
     print(f"\n| config | reward before -> after | diversity kept | fine-tune s | s to target | wall s |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in results:

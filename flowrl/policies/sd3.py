@@ -85,9 +85,14 @@ def ensure_tiny_sd3(target: Path, seed: int = 0) -> Path:
 def resolve_pipeline_path(path: str, cache_root: Path) -> Path:
     """model.path -> a local diffusers pipeline folder. "" = the tiny random pipeline (built in the
     flowrl cache if missing); a folder; or a hub id ("org/name") found in the LOCAL Hugging Face cache
-    (nothing is downloaded). Raises FileNotFoundError saying what to set."""
+    (nothing is downloaded); "tiny-t2i" = flowrl's trained scenes model (flowrl.scenes, built in the
+    flowrl cache on first use, ~10 min on 2 CPU cores: `flowrl init tiny-t2i`). Raises
+    FileNotFoundError saying what to set."""
     if not path:
         return ensure_tiny_sd3(Path(cache_root) / TINY_NAME)
+    if path == "tiny-t2i":
+        from flowrl.scenes.train_t2i import CACHE_NAME, ensure_tiny_t2i
+        return ensure_tiny_t2i(Path(cache_root) / CACHE_NAME)
     from flowrl.cache import resolve_local_model
     p = resolve_local_model(path, "model.path")
     if not (p / "model_index.json").exists():

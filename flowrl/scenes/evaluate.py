@@ -3,6 +3,7 @@
     python -m flowrl.scenes.evaluate [DIR] [--split test] [--per-prompt 4] [--steps 20]
                                      [--guidance 4.5] [--grid /tmp/tiny_t2i_grid.png]
     python -m flowrl.scenes.evaluate --eval-dir RUN_DIR/eval/<tag>   # a run's saved evaluation
+    python -m flowrl.scenes.evaluate --before-after RUN_DIR/eval/base RUN_DIR/eval/final --grid ba.png
 
 DIR defaults to the cached tiny-t2i folder (`flowrl init tiny-t2i`). Sampling goes through
 StableDiffusion3Pipeline.__call__ itself (Euler ODE, classifier-free guidance), max_sequence_length 16.
@@ -57,12 +58,13 @@ def evaluate(pipe, rows: List[dict], per_prompt: int = 4, **sample_kw) -> Dict:
     return {**summarize(reward, strict, rows), "images": images, "rows": rows, "scores": reward}
 
 
-def save_grid(images: torch.Tensor, captions: Sequence[str], path: Path, cols: int = 8, scale: int = 4) -> Path:
+def save_grid(images: torch.Tensor, captions: Sequence[str], path: Path, cols: int = 8, scale: int = 4,
+              text_h: int = 26) -> Path:
     """A PNG of images (N, 3, H, W) in [0, 1], each enlarged `scale` x, its caption written below."""
     from PIL import Image, ImageDraw
 
     n, _, h, w = images.shape
-    tile_w, tile_h, text_h = w * scale, h * scale, 26
+    tile_w, tile_h = w * scale, h * scale
     rows = (n + cols - 1) // cols
     sheet = Image.new("RGB", (cols * (tile_w + 4), rows * (tile_h + text_h)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -85,8 +87,8 @@ def save_grid(images: torch.Tensor, captions: Sequence[str], path: Path, cols: i
 
 
 def score_saved(eval_dir: Path) -> Dict:
-    """Re-score a trainer evaluation folder (RUN_DIR/eval/<tag>: PNGs + prompts.jsonl) with the strict
-    accuracy too (the trainer logs the mean reward only); attributes are parsed from the prompts."""
+    """Re-score a trainer evaluation folder (RUN_DIR/eval/<tag>: PNGs + prompts.jsonl) per tag and
+    held-out vs seen; attributes from the shipped scenes prompt sets, else parsed from the prompt."""
     import numpy as np
     from PIL import Image
 
@@ -96,9 +98,45 @@ def score_saved(eval_dir: Path) -> Dict:
     rows = [json.loads(line) for line in (eval_dir / "prompts.jsonl").read_text().splitlines() if line.strip()]
     images = torch.stack([torch.from_numpy(np.asarray(Image.open(eval_dir / r["image"]).convert("RGB"),
                                                       dtype=np.float32) / 255).permute(2, 0, 1) for r in rows])
-    rows = [{**r, **parse_caption(r["prompt"])} for r in rows]
+    from flowrl.data.prompts import load_prompts
+    known = {}
+    for split in ("train", "test"):                # the shipped rows carry tag and held_out
+        ps = load_prompts(f"scenes/{split}")
+        known.update({p: m for p, m in zip(ps.prompts, ps.metadata)})
+    rows = [{**r, **known.get(r["prompt"], parse_caption(r["prompt"]))} for r in rows]
     reward, strict = scene_scores(images, [r["prompt"] for r in rows], rows)
     return summarize(reward, strict, rows)
+
+
+def _saved_images(eval_dir: Path, rows: List[dict]) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+    return torch.stack([torch.from_numpy(np.asarray(Image.open(Path(eval_dir) / r["image"]).convert("RGB"),
+                                                    dtype=np.float32) / 255).permute(2, 0, 1) for r in rows])
+
+
+def before_after(before_dir: Path, after_dir: Path, path: Path, per_prompt: int = 4, n: int = 16) -> Path:
+    """A PNG comparing two evaluations of one run (same prompts, same noise): for each of the first
+    `n` prompts, its `per_prompt` samples before (top) and after (bottom), captions with rewards."""
+    rows_b, rows_a = ([json.loads(l) for l in (Path(d) / "prompts.jsonl").read_text().splitlines() if l.strip()]
+                      for d in (before_dir, after_dir))
+    if [r["prompt"] for r in rows_b] != [r["prompt"] for r in rows_a]:
+        raise ValueError(f"{before_dir} and {after_dir} hold different prompts: compare two evaluations of one run")
+    order = sorted(range(len(rows_b)), key=lambda i: rows_b[i]["index"])
+    seen, pick = {}, []
+    for i in order:                               # the first `per_prompt` samples of each prompt
+        p = rows_b[i]["prompt"]
+        if seen.get(p, 0) < per_prompt and (p in seen or len(seen) < n):
+            seen[p] = seen.get(p, 0) + 1
+            pick.append(i)
+    pick.sort(key=lambda i: (list(seen).index(rows_b[i]["prompt"]), rows_b[i]["index"]))
+    imgs, caps = [], []
+    for k in range(0, len(pick), per_prompt):     # one prompt: before row, then after row
+        for rows, d, tag in ((rows_b, before_dir, "base"), (rows_a, after_dir, "RL")):
+            sel = [rows[i] for i in pick[k:k + per_prompt]]
+            imgs.append(_saved_images(Path(d), sel))
+            caps += [f"{tag} {r['reward']:.2f}: {r['prompt']}" for r in sel]
+    return save_grid(torch.cat(imgs), caps, Path(path), cols=2 * per_prompt, text_h=40)
 
 
 def main(argv=None) -> Dict:
@@ -115,7 +153,13 @@ def main(argv=None) -> Dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grid", default=None, help="PNG of the first 64 samples (one per prompt)")
     ap.add_argument("--eval-dir", default=None, help="instead: re-score RUN_DIR/eval/<tag> of a run")
+    ap.add_argument("--before-after", nargs=2, default=None, metavar=("BASE_DIR", "AFTER_DIR"),
+                    help="instead: --grid PNG comparing two evaluations of one run (eval/base, eval/final)")
     a = ap.parse_args(argv)
+    if a.before_after:
+        print("grid:", before_after(Path(a.before_after[0]), Path(a.before_after[1]),
+                                    Path(a.grid or "before_after.png"), a.per_prompt))
+        return {}
     if a.eval_dir:
         summary = score_saved(Path(a.eval_dir))
         print(json.dumps(summary, indent=1))
