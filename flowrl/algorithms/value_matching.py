@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from flowrl.algorithms.base import AlgorithmBase
+from flowrl.algorithms.grpo import cond_of
 from flowrl.batch import Batch
 from flowrl.registry import ALGORITHMS
 from flowrl.sampling.rollout import Trajectory
@@ -87,10 +88,11 @@ class ValueMLP(nn.Module):
     makes grad_x V = O(t) as t -> 0, as the optimal V's is, so the control sigma(t) grad_x V stays
     bounded where sigma(t) = sqrt(2 (1 - t) / t) blows up (scale_input=False: plain [x, t])."""
 
-    def __init__(self, dim: int, hidden: int = 256, depth: int = 3, scale_input: bool = True):
+    def __init__(self, dim: int, hidden: int = 256, depth: int = 3, scale_input: bool = True,
+                 cond_dim: int = 0):
         super().__init__()
         self.scale_input = scale_input
-        layers, width = [], dim + 1
+        layers, width = [], dim + 1 + cond_dim
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), nn.SiLU()]
             width = hidden
@@ -99,11 +101,42 @@ class ValueMLP(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.body = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, *shape), t (B,) or (), c (B, cond_dim) the prompt's features (cond_vector) -> (B,)."""
         t = t.float().reshape(-1, 1).expand(x.shape[0], 1)
         z = x.flatten(1).float() * (t if self.scale_input else 1.0)
-        h = torch.cat([z, t], dim=1)
+        h = torch.cat([z, t] + ([c.float()] if c is not None else []), dim=1)
         return self.head(self.body(h))[:, 0]
+
+
+def cond_vector(cond: Dict[str, torch.Tensor], classes: int) -> torch.Tensor:
+    """A policy's conditioning -> (B, k) float features for V: integer tensors (B,) one-hot over
+    `classes` (e.g. digit labels 0-9 + null 10), float tensors flattened; keys in sorted order."""
+    parts = []
+    for k in sorted(cond):
+        v = cond[k]
+        if v.dtype in (torch.long, torch.int32, torch.int64) and v.ndim == 1:
+            if int(v.max()) >= classes:
+                raise ValueError(f"value_matching: cond {k!r} holds id {int(v.max())}; set "
+                                 f"algorithm.cond_classes > {int(v.max())}")
+            parts.append(torch.nn.functional.one_hot(v, classes).float())
+        else:
+            parts.append(v.flatten(1).float())
+    return torch.cat(parts, dim=1)
+
+
+class BoundValue(nn.Module):
+    """V with its prompt features bound: (x, t) -> V(x, t, c); c (B, k) repeated to match x's batch
+    when x stacks several states per sample (B * S rows, sample-major)."""
+
+    def __init__(self, net: nn.Module, c: Optional[torch.Tensor]):
+        super().__init__()
+        self.net, self.c = net, c
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.c is None:
+            return self.net(x, t)
+        return self.net(x, t, self.c.repeat_interleave(x.shape[0] // self.c.shape[0], dim=0))
 
 
 def value_control(value_net: Optional[nn.Module], x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -184,18 +217,21 @@ class ControlledPolicy:
 @ALGORITHMS.register("value_matching")
 class ValueMatching(AlgorithmBase):
     """Options (config.algorithm): reward_scale (lambda > 0), t_min (start of the SDE), hidden,
-    depth and scale_input of the value MLP V(x, t) (ValueMLP). sample.num_steps is the SDE's number of steps (flow_gym: 100).
+    depth and scale_input of the value MLP V(x, t) (ValueMLP); cond_classes > 0 makes V see the
+    prompt (V(x, t, c), c = cond_vector: integer conditioning one-hot over cond_classes), needed
+    when the reward depends on the prompt (digits). sample.num_steps is the SDE's number of steps
+    (flow_gym: 100).
     The policy is frozen in setup(); only the value network trains (modules())."""
 
     sampling = "ode"     # no log-probs: the rollout below samples the controlled SDE itself
 
     def __init__(self, reward_scale: float = 1.0, t_min: float = T_MIN, hidden: int = 256, depth: int = 3,
-                 scale_input: bool = True):
+                 scale_input: bool = True, cond_classes: int = 0):
         if reward_scale <= 0 or not 0 < t_min < 1 or hidden < 1 or depth < 1:
             raise ValueError(f"algorithm value_matching: need reward_scale > 0 (got {reward_scale}), "
                              f"0 < t_min < 1 (got {t_min}), hidden, depth >= 1")
         self.reward_scale, self.t_min, self.hidden, self.depth = reward_scale, t_min, hidden, depth
-        self.scale_input = scale_input
+        self.scale_input, self.cond_classes = scale_input, cond_classes
         self.value_net: Optional[nn.Module] = None
         self._train_net: Optional[nn.Module] = None
 
@@ -203,8 +239,9 @@ class ValueMatching(AlgorithmBase):
         """Freeze the base and build V for its sample shape on its device."""
         policy.net.requires_grad_(False)
         device = getattr(policy, "device", "cpu")
+        cond_dim = self._features(policy.encode([""])).shape[1] if self.cond_classes else 0
         self.value_net = ValueMLP(math.prod(policy.sample_shape), self.hidden, self.depth,
-                                  self.scale_input).to(device)
+                                  self.scale_input, cond_dim).to(device)
         self._train_net = self.value_net
 
     def modules(self) -> Dict[str, nn.Module]:
@@ -212,6 +249,13 @@ class ValueMatching(AlgorithmBase):
 
     def bind_modules(self, wrapped: Dict[str, nn.Module]) -> None:
         self._train_net = wrapped["value_net"]     # DDP-wrapped: the loss forwards through this
+
+    def _features(self, cond) -> Optional[torch.Tensor]:
+        """The prompt features V sees (None: an unconditional V, cond_classes = 0)."""
+        return cond_vector(cond, self.cond_classes) if self.cond_classes and cond else None
+
+    def _bound(self, cond, net: Optional[nn.Module] = None) -> nn.Module:
+        return BoundValue(net if net is not None else self._require_net(), self._features(cond))
 
     def _require_net(self) -> nn.Module:
         if self.value_net is None:
@@ -222,7 +266,7 @@ class ValueMatching(AlgorithmBase):
         """Controlled SDE with S = len(st.sigmas) - 1 steps on flow_gym's grid (not the policy's)."""
         steps = len(st.sigmas) - 1
         field = lambda x, s: policy.velocity(x, s, cond, guidance=st.sample_guidance)  # noqa: E731
-        traj = sample_controlled(field, self._require_net(), noise, steps, self.t_min, generator)
+        traj = sample_controlled(field, self._bound(cond), noise, steps, self.t_min, generator)
         mask = torch.ones(steps, dtype=torch.bool)
         return Trajectory(traj.latents, torch.zeros(noise.shape[0], steps, device=noise.device),
                           (1 - traj.t), mask)
@@ -231,14 +275,14 @@ class ValueMatching(AlgorithmBase):
                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Evaluation samples with the controlled SDE (the base ODE would ignore V).
         noise (B, *shape) -> (B, *shape)."""
-        sampler = ControlledPolicy(policy, self._require_net(), self.t_min)
+        sampler = ControlledPolicy(policy, self._bound(cond), self.t_min)
         return sampler.sample(noise, num_steps, cond, guidance, generator)
 
     def prepare(self, policy, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
         """Running costs recomputed with the (unchanged) V that sampled, then c_k. Adds vm_costs (B, S+1)."""
         latents = batch["latents"]
         t = time_grid(latents.shape[1] - 1, self.t_min)
-        running = trajectory_costs(self._require_net(), latents, t)
+        running = trajectory_costs(self._bound(cond_of(batch)), latents, t)
         batch["vm_costs"] = cost_to_go(running, t[1:] - t[:-1], batch["rewards"], self.reward_scale)
         return {"running_cost": float((running * (t[1] - t[0])).sum(1).mean()),
                 "cost_to_go_0": float(batch["vm_costs"][:, 0].mean())}
@@ -250,7 +294,7 @@ class ValueMatching(AlgorithmBase):
         latents, costs = mb["latents"], mb["vm_costs"]
         n, points = latents.shape[0], latents.shape[1]
         t = time_grid(points - 1, self.t_min).to(latents.device)
-        pred = self._train_net(latents.flatten(0, 1), t.repeat(n)).reshape(n, points)
+        pred = self._bound(cond_of(mb), self._train_net)(latents.flatten(0, 1), t.repeat(n)).reshape(n, points)
         loss = value_matching_loss(pred, costs, loss_weights(t, self.reward_scale))
         yield loss, {"value_loss": loss.item()}
 

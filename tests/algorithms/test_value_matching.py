@@ -212,3 +212,20 @@ def test_trainer_trains_only_the_value_network_and_resumes(tmp_path):
     resumed = Trainer(load_config("value_matching.py:gmm_binary", fast), tmp_path / "run", resume=True)
     for k, v in resumed.algorithm.value_net.state_dict().items():
         assert torch.equal(v, after[k])                   # the value net rides in algorithm.safetensors
+
+
+def test_a_prompt_conditioned_value_sees_the_prompt_and_is_bound_per_sample():
+    from flowrl.algorithms.value_matching import BoundValue, ValueMLP, cond_vector
+    c = cond_vector({"label": torch.tensor([0, 3])}, classes=4)
+    assert torch.equal(c, torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1.0]]))
+    with pytest.raises(ValueError, match="cond_classes > 3"):
+        cond_vector({"label": torch.tensor([3])}, classes=3)
+    torch.manual_seed(0)
+    net = ValueMLP(dim=2, hidden=8, depth=1, cond_dim=4)
+    torch.nn.init.normal_(net.head.weight)
+    x, t = torch.ones(2, 2), torch.full((2,), 0.5)
+    v = net(x, t, c)
+    assert v[0] != v[1]                                       # same x, other prompt: other value
+    bound = BoundValue(net, c)
+    xs = torch.ones(6, 2)                                     # 3 states per sample, sample-major
+    assert torch.allclose(bound(xs, torch.full((6,), 0.5)), v.repeat_interleave(3))
