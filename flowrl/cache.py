@@ -53,6 +53,35 @@ def cached_state_dict(name: str, build: Callable[[], Dict[str, torch.Tensor]],
     return state
 
 
+def build_folder_atomically(target: Path, build: Callable[[Path], None],
+                            is_current: Callable[[Path], bool]) -> Path:
+    """Return `target`, (re)building it with build(tmp) unless is_current(target). The build goes to a
+    temporary sibling folder renamed into place (a stale one is moved aside first), so other
+    processes never see half a folder; losing a race to a concurrent build of the same thing is fine."""
+    import shutil
+    import time
+
+    target = Path(target)
+    if is_current(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.build."))
+    old = target.parent / f".{target.name}.old.{os.getpid()}.{time.time_ns()}"
+    try:
+        build(tmp)
+        if target.exists():
+            os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not is_current(target):   # not a concurrent build that got there first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
 def resolve_local_model(path: str, option: str) -> Path:
     """A model location -> a local path: an existing file/folder, or a hub id ("org/name") that is
     already in the LOCAL Hugging Face cache (nothing is downloaded). Raises FileNotFoundError

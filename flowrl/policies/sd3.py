@@ -17,10 +17,6 @@ Heavy imports (diffusers, transformers, peft) happen inside functions: importing
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,29 +53,15 @@ def ensure_tiny_sd3(target: Path, seed: int = 0) -> Path:
     """Return `target` holding the tiny random SD3 pipeline (flowrl.policies.tiny_sd3), building it if
     missing or built by another version of the builder. The build goes to a temporary sibling folder
     renamed into place: other processes never see half a folder."""
-    target, stamp = Path(target), _tiny_stamp(seed)
-    if _is_current(target, stamp):
-        return target
-    from flowrl.policies.tiny_sd3 import build_tiny_sd3
+    from flowrl.cache import build_folder_atomically
+    stamp = _tiny_stamp(seed)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.build."))
-    old = target.parent / f".{target.name}.old.{os.getpid()}.{time.time_ns()}"
-    try:
+    def build(tmp: Path) -> None:
+        from flowrl.policies.tiny_sd3 import build_tiny_sd3
         with _quiet_loading():
             build_tiny_sd3(tmp, seed=seed)
         (tmp / STAMP_FILE).write_text(stamp)
-        if target.exists():           # stale or incomplete: move it aside first
-            os.rename(target, old)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not _is_current(target, stamp):   # not a concurrent build that got there first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+    return build_folder_atomically(Path(target), build, lambda d: _is_current(d, stamp))
 
 
 def resolve_pipeline_path(path: str, cache_root: Path) -> Path:

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -224,24 +221,8 @@ def is_current(folder: Path, cfg: T2IConfig) -> bool:
 def ensure_tiny_t2i(target: Optional[Path] = None, cfg: T2IConfig = T2IConfig(), progress: bool = True) -> Path:
     """`target` (default cache_dir()/tiny-t2i) holding a current build, building it if needed: into a
     temporary sibling folder, renamed into place, so no reader ever sees half a model."""
-    from flowrl.cache import cache_dir
+    from flowrl.cache import build_folder_atomically, cache_dir
 
     target = Path(target) if target is not None else cache_dir() / CACHE_NAME
-    if is_current(target, cfg):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.build."))
-    old = target.parent / f".{target.name}.old.{os.getpid()}.{time.time_ns()}"
-    try:
-        build_tiny_t2i(tmp, cfg, progress)
-        if target.exists():
-            os.rename(target, old)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not is_current(target, cfg):   # not a concurrent build that got there first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+    return build_folder_atomically(target, lambda tmp: build_tiny_t2i(tmp, cfg, progress),
+                                   lambda d: is_current(d, cfg))
