@@ -38,9 +38,10 @@ def ode_eval_sample(policy, noise, cond, num_steps: int, guidance: float = 1.0, 
 
 def evaluate(policy, reward_fn, prompt_set, indices: torch.Tensor, num_steps: int, guidance: float,
              batch_size: int, seed: int, device, sample_fn=ode_eval_sample) -> Batch:
-    """Sample (default: ODE) and score this rank's eval indices. -> Batch(samples, rewards, index;
-    prompts; "reward.<name>" (B,) per reward component). `sample_fn(policy, noise, cond, num_steps, guidance, generator)`: an algorithm's own
-    sampler (e.g. value matching's controlled SDE), given a generator seeded per batch."""
+    """Sample (default: ODE) and score this rank's eval indices. -> Batch(samples, rewards, index,
+    "reward.<name>" (B,) per reward component; prompts). `sample_fn(policy, noise, cond, num_steps,
+    guidance, generator)`: an algorithm's own sampler (e.g. value matching's controlled SDE), given
+    a generator seeded per batch."""
     from flowrl.data.sampler import mix_seed
     noise = eval_noise(indices, policy.sample_shape, seed)
     out = []

@@ -122,12 +122,14 @@ def epoch_pairs(num_pairs: int, per_rank: int, epoch: int, rank: int, world_size
     seen once per pass; ranks take consecutive slices of the epoch's world_size * per_rank pairs."""
     from flowrl.data.sampler import mix_seed
     start = (epoch * world_size + rank) * per_rank
-    out = []
-    for k in range(start, start + per_rank):
-        walk, pos = divmod(k, num_pairs)
+    k = torch.arange(start, start + per_rank)
+    walks, pos = k // num_pairs, k % num_pairs
+    out = torch.empty(per_rank, dtype=torch.long)
+    for walk in walks.unique().tolist():          # one permutation per pass touched (usually 1)
         perm = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(mix_seed(seed, walk, 23)))
-        out.append(int(perm[pos]))
-    return torch.tensor(out, dtype=torch.long)
+        sel = walks == walk
+        out[sel] = perm[pos[sel]]
+    return out
 
 
 def file_batch(policy, pairs: Sequence[PreferencePair], index: torch.Tensor, first_group: int):

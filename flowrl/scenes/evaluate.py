@@ -89,23 +89,23 @@ def save_grid(images: torch.Tensor, captions: Sequence[str], path: Path, cols: i
 def score_saved(eval_dir: Path) -> Dict:
     """Re-score a trainer evaluation folder (RUN_DIR/eval/<tag>: PNGs + prompts.jsonl) per tag and
     held-out vs seen; attributes from the shipped scenes prompt sets, else parsed from the prompt."""
-    import numpy as np
-    from PIL import Image
-
+    from flowrl.data.prompts import load_prompts
     from flowrl.rewards.scene import parse_caption
 
-    eval_dir = Path(eval_dir)
-    rows = [json.loads(line) for line in (eval_dir / "prompts.jsonl").read_text().splitlines() if line.strip()]
-    images = torch.stack([torch.from_numpy(np.asarray(Image.open(eval_dir / r["image"]).convert("RGB"),
-                                                      dtype=np.float32) / 255).permute(2, 0, 1) for r in rows])
-    from flowrl.data.prompts import load_prompts
     known = {}
     for split in ("train", "test"):                # the shipped rows carry tag and held_out
         ps = load_prompts(f"scenes/{split}")
         known.update({p: m for p, m in zip(ps.prompts, ps.metadata)})
-    rows = [{**r, **known.get(r["prompt"], parse_caption(r["prompt"]))} for r in rows]
+    rows = _saved_rows(Path(eval_dir))
+    images = _saved_images(Path(eval_dir), rows)
+    rows = [{**r, **(known[r["prompt"]] if r["prompt"] in known else parse_caption(r["prompt"]))} for r in rows]
     reward, strict = scene_scores(images, [r["prompt"] for r in rows], rows)
     return summarize(reward, strict, rows)
+
+
+def _saved_rows(eval_dir: Path) -> List[dict]:
+    """The rows of an evaluation folder's prompts.jsonl ({"index", "image", "prompt", "reward", ...})."""
+    return [json.loads(line) for line in (eval_dir / "prompts.jsonl").read_text().splitlines() if line.strip()]
 
 
 def _saved_images(eval_dir: Path, rows: List[dict]) -> torch.Tensor:
@@ -116,27 +116,25 @@ def _saved_images(eval_dir: Path, rows: List[dict]) -> torch.Tensor:
 
 
 def before_after(before_dir: Path, after_dir: Path, path: Path, per_prompt: int = 4, n: int = 16) -> Path:
-    """A PNG comparing two evaluations of one run (same prompts, same noise): for each of the first
-    `n` prompts, its `per_prompt` samples before (top) and after (bottom), captions with rewards."""
-    rows_b, rows_a = ([json.loads(l) for l in (Path(d) / "prompts.jsonl").read_text().splitlines() if l.strip()]
-                      for d in (before_dir, after_dir))
+    """A PNG comparing two evaluations of one run (same prompts, same noise): one row per prompt for
+    the first `n` prompts, its first `per_prompt` samples (fewer if some prompt has fewer) before
+    (left) and after (right), captions
+    with the reward of each image."""
+    rows_b, rows_a = (_saved_rows(Path(d)) for d in (before_dir, after_dir))
     if [r["prompt"] for r in rows_b] != [r["prompt"] for r in rows_a]:
         raise ValueError(f"{before_dir} and {after_dir} hold different prompts: compare two evaluations of one run")
-    order = sorted(range(len(rows_b)), key=lambda i: rows_b[i]["index"])
-    seen, pick = {}, []
-    for i in order:                               # the first `per_prompt` samples of each prompt
-        p = rows_b[i]["prompt"]
-        if seen.get(p, 0) < per_prompt and (p in seen or len(seen) < n):
-            seen[p] = seen.get(p, 0) + 1
-            pick.append(i)
-    pick.sort(key=lambda i: (list(seen).index(rows_b[i]["prompt"]), rows_b[i]["index"]))
+    by_prompt: Dict[str, List[int]] = {}
+    for i in sorted(range(len(rows_b)), key=lambda i: rows_b[i]["index"]):
+        by_prompt.setdefault(rows_b[i]["prompt"], []).append(i)
+    chosen = list(by_prompt.values())[:n]
+    k = min([per_prompt] + [len(v) for v in chosen])          # samples per side of every row
     imgs, caps = [], []
-    for k in range(0, len(pick), per_prompt):     # one prompt: before row, then after row
+    for picked in chosen:
         for rows, d, tag in ((rows_b, before_dir, "base"), (rows_a, after_dir, "RL")):
-            sel = [rows[i] for i in pick[k:k + per_prompt]]
+            sel = [rows[i] for i in picked[:k]]
             imgs.append(_saved_images(Path(d), sel))
             caps += [f"{tag} {r['reward']:.2f}: {r['prompt']}" for r in sel]
-    return save_grid(torch.cat(imgs), caps, Path(path), cols=2 * per_prompt, text_h=40)
+    return save_grid(torch.cat(imgs), caps, Path(path), cols=2 * k, text_h=40)
 
 
 def main(argv=None) -> Dict:
@@ -155,10 +153,11 @@ def main(argv=None) -> Dict:
     ap.add_argument("--eval-dir", default=None, help="instead: re-score RUN_DIR/eval/<tag> of a run")
     ap.add_argument("--before-after", nargs=2, default=None, metavar=("BASE_DIR", "AFTER_DIR"),
                     help="instead: --grid PNG comparing two evaluations of one run (eval/base, eval/final)")
+    ap.add_argument("--num-prompts", type=int, default=16, help="--before-after: rows (prompts) drawn")
     a = ap.parse_args(argv)
     if a.before_after:
         print("grid:", before_after(Path(a.before_after[0]), Path(a.before_after[1]),
-                                    Path(a.grid or "before_after.png"), a.per_prompt))
+                                    Path(a.grid or "before_after.png"), a.per_prompt, a.num_prompts))
         return {}
     if a.eval_dir:
         summary = score_saved(Path(a.eval_dir))
