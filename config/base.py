@@ -59,6 +59,8 @@ def get_config():
     c.reward.weights = ml_collections.ConfigDict({"moons_unlearning": 1.0})
     c.reward.options = ml_collections.ConfigDict()
     c.reward.metrics = ()            # rewards computed and logged with weight 0 (e.g. ("scene_accuracy",))
+    c.reward.overlap = True          # score sampling batch b in a worker thread while b+1 samples
+                                     # (flowrl.rewards.overlap; results identical to False)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 10                # epochs between evaluations (0: only before and after training)

@@ -41,11 +41,38 @@ def train(
         _fail("--resume needs --output-dir: the run dir to continue")
     name = config.partition(":")[2] or Path(config.partition(":")[0]).stem
     run_dir = output_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from flowrl.rewards.remote import RemoteRewardError
     from flowrl.trainer import Trainer
     try:
         Trainer(cfg, run_dir, resume=resume).train()
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, RemoteRewardError) as e:
         _fail(str(e))
+
+
+@app.command("serve-reward")
+def serve_reward(
+    rewards: List[str] = typer.Argument(..., help="NAME or NAME=WEIGHT (a weighted sum), e.g. jpeg_compressibility"),
+    port: int = typer.Option(8765, help="TCP port"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (0.0.0.0: every interface)"),
+    option: List[str] = typer.Option([], "--option", help="REWARD.KEY=VALUE, a reward's option (repeatable)"),
+    metric: List[str] = typer.Option([], "--metric", help="a reward computed and returned with weight 0"),
+    import_: List[str] = typer.Option([], "--import", help="FILE.py or module registering more rewards"),
+    device: str = typer.Option("cpu", help="torch device of the rewards, e.g. cuda:0"),
+    max_batch: int = typer.Option(64, help="most samples per reward call (concurrent requests merge)"),
+    max_request_mb: float = typer.Option(64.0, help="largest request body accepted (413 above)"),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
+):
+    """Serve registered rewards over HTTP for training jobs (`--set reward.weights.remote=1
+    --set reward.options.remote.url=http://HOST:PORT`): POST /compute, GET /health."""
+    from flowrl.serve.reward_app import build_app, serve
+    if threads > 0:
+        import torch
+        torch.set_num_threads(threads)
+    try:
+        app_, weights = build_app(rewards, option, metric, import_, device, max_batch, int(max_request_mb * 2**20))
+    except (ValueError, KeyError, TypeError, ImportError, FileNotFoundError) as e:
+        _fail(str(e).strip("'\""))
+    serve(app_, host, port, weights)
 
 
 @app.command("eval-diversity")

@@ -73,4 +73,5 @@ ALGORITHMS = Registry("algorithm", ["flowrl.algorithms.grpo", "flowrl.algorithms
                                     "flowrl.algorithms.dpo", "flowrl.algorithms.reward_backprop"])
 REWARDS = Registry("reward", ["flowrl.rewards.toy", "flowrl.rewards.jpeg", "flowrl.rewards.ocr",
                               "flowrl.rewards.clip", "flowrl.rewards.scene",
-                              "flowrl.rewards.toy1d", "flowrl.rewards.digits"])
+                              "flowrl.rewards.toy1d", "flowrl.rewards.digits",
+                              "flowrl.rewards.remote"])

@@ -24,6 +24,7 @@ from flowrl.evaluation import eval_indices, evaluate, save_eval
 from flowrl.protocols import Runtime
 from flowrl.registry import ALGORITHMS, POLICIES
 from flowrl.rewards import build_reward
+from flowrl.rewards.overlap import OverlappedRewards
 from flowrl.rundir import MetricsLog, atomic_write_text, check_run_dir, write_run_config
 from flowrl.sampling.rollout import RolloutSettings
 from flowrl.sampling.schedule import step_masks
@@ -160,7 +161,8 @@ class Trainer:
                                                  c.sample.group_size, acc.num_processes,
                                                  acc.process_index, c.seed, epoch,
                                                  local=self.algorithm.group_local)
-        batches, B = [], c.sample.batch_size
+        rollouts, B = [], c.sample.batch_size
+        scorer = OverlappedRewards(self.reward, overlap=c.reward.overlap)   # batch b scored during b+1
         for b in range(c.sample.num_batches_per_epoch):
             pidx, gids = prompt_idx[b * B:(b + 1) * B], group_ids[b * B:(b + 1) * B]
             prompts = [self.prompts.prompts[i] for i in pidx.tolist()]
@@ -173,8 +175,13 @@ class Trainer:
                 traj = self.algorithm.rollout(self.policy, noise, cond, st, gen)
             with self.timed("decode"):
                 images = self.policy.decode(traj.final)
-            with self.timed("reward"):
-                total, parts = self.reward(images, prompts, meta)
+            with self.timed("reward"):   # overlapped: only the time spent waiting
+                scorer.submit(images, prompts, meta)
+            rollouts.append((pidx, gids, prompts, meta, cond, traj))
+        with self.timed("reward"):
+            scored = scorer.results()
+        batches = []
+        for (pidx, gids, prompts, meta, cond, traj), (total, parts) in zip(rollouts, scored):
             tensors = {"latents": traj.latents, "log_probs": traj.log_probs, "rewards": total,
                        "prompt_ids": pidx, "group_ids": gids,
                        **{f"reward.{k}": v for k, v in parts.items()},
