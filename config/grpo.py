@@ -93,6 +93,21 @@ def tiny_sd3_ocr():
     return c
 
 
+def tiny_sd3_remote():
+    """tiny_sd3 with JPEG compressibility computed by a reward server, scored while the next batch
+    samples (reward.overlap). Start the server first, then train:
+        flowrl serve-reward jpeg_compressibility --port 8765
+        flowrl train --config grpo.py:tiny_sd3_remote
+    Samples go as float32 safetensors, so the run equals `tiny_sd3` metric for metric. If the server
+    stays down past the retries the run stops (exit 2) before its next checkpoint; `--resume` goes on."""
+    c = tiny_sd3()
+    c.reward.weights = ml_collections.ConfigDict({"remote": 1.0})
+    c.reward.options = ml_collections.ConfigDict({"remote": {
+        "url": "http://127.0.0.1:8765", "protocol": "flowrl", "encoding": "safetensors", "batch_size": 64,
+        "concurrency": 1, "timeout": 60.0, "retries": 3, "backoff": 0.5, "required": True}})
+    return c
+
+
 def pickscore():
     """Flow-GRPO on SD3.5-medium with PickScore (yifan123/flow_grpo config `pickscore_sd3`).
 
@@ -264,6 +279,19 @@ def tiny_geneval():
     return c
 
 
+def tiny_geneval_remote():
+    """tiny_geneval with the GenEval-like `scene_geneval` reward served by a reward server (as GenEval's
+    mmdetection lives in its own environment); the strict accuracy metric stays local:
+        flowrl serve-reward scene_geneval --port 8765
+        flowrl train --config grpo.py:tiny_geneval_remote"""
+    c = tiny_geneval()
+    c.reward.weights = ml_collections.ConfigDict({"remote": 1.0})
+    c.reward.options = ml_collections.ConfigDict({"remote": {
+        "url": "http://127.0.0.1:8765", "protocol": "flowrl", "encoding": "safetensors", "batch_size": 64,
+        "concurrency": 2, "timeout": 120.0, "retries": 3, "backoff": 1.0, "required": True}})
+    return c
+
+
 # ------------------------------------------------------------------ 8x8 digits (sklearn), on a CPU
 def digits():
     """Class-conditional 8x8 digits (flowrl.policies.image_flow: a residual MLP flow that flowrl trains
@@ -308,7 +336,8 @@ EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity,
                "tiny_sd3": tiny_sd3, "tiny_sd3_ocr": tiny_sd3_ocr,
                "pickscore": pickscore, "pickscore_fast": pickscore_fast, "pickscore_nocfg": pickscore_nocfg,
                "clipscore": clipscore, "aesthetic": aesthetic, "ocr": ocr, "jpeg": jpeg,
-               "tiny_geneval": tiny_geneval}
+               "tiny_geneval": tiny_geneval, "tiny_sd3_remote": tiny_sd3_remote,
+               "tiny_geneval_remote": tiny_geneval_remote}
 
 
 def get_config(name="moons"):

@@ -110,11 +110,15 @@ class RemoteReward:
     def _post(self, samples, prompts, metadata) -> torch.Tensor:
         import httpx
         n = len(samples)
-        if self.protocol == "flowgrpo":
-            body, url, headers = wire.flowgrpo_request(samples, prompts, metadata), self.url, {}
-        else:
-            body, ctype = wire.encode_request(samples, prompts, metadata, self.encoding)
-            url, headers = f"{self.url}/compute", {"content-type": ctype}
+        try:
+            if self.protocol == "flowgrpo":
+                body, url, headers = wire.flowgrpo_request(samples, prompts, metadata), self.url, {}
+            else:
+                body, ctype = wire.encode_request(samples, prompts, metadata, self.encoding)
+                url, headers = f"{self.url}/compute", {"content-type": ctype}
+        except wire.ProtocolError as e:
+            raise RemoteRewardError(f"cannot send these samples to {self.url}: {e}; images go as PNG/JPEG, "
+                                    f"any tensor as reward.options.remote.encoding=safetensors") from None
         try:
             r = self.client.post(url, content=body, headers=headers)
         except httpx.TimeoutException:

@@ -8,6 +8,7 @@ thread, so a model is never used by two threads at once.
 
 import asyncio
 import importlib
+import json
 import importlib.util
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ class Batcher:
         self.reward, self.max_batch, self.device = reward, int(max_batch), torch.device(device)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
         self.queue: Optional[asyncio.Queue] = None
-        self.scored = 0
+        self.scored, self.calls = 0, 0   # samples scored, reward calls (requests merge into one call)
 
     async def score(self, samples: torch.Tensor, prompts: List[str], metadata: List[dict]):
         """-> (total (B,), {name: (B,)}) of this request's samples, in their order."""
@@ -68,7 +69,7 @@ class Batcher:
             if not g[3].done():
                 g[3].set_result((total[start:end], {k: v[start:end] for k, v in parts.items()}))
             start = end
-        self.scored += len(samples)
+        self.scored, self.calls = self.scored + len(samples), self.calls + 1
 
     @torch.no_grad()
     def _call(self, samples, prompts, metadata) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -120,7 +121,7 @@ def create_app(reward, max_batch: int = 64, max_bytes: int = 64 << 20, device: s
     @app.get("/health")
     async def health():
         return {"status": "ok", "rewards": reward.weights, "max_batch": batcher.max_batch,
-                "max_bytes": max_bytes, "samples_scored": batcher.scored}
+                "max_bytes": max_bytes, "samples_scored": batcher.scored, "reward_calls": batcher.calls}
 
     @app.post("/compute")
     async def compute(request: Request):
@@ -153,7 +154,7 @@ def parse_weights(specs: Sequence[str]) -> Dict[str, float]:
 
 
 def parse_options(specs: Sequence[str]) -> Dict[str, dict]:
-    """["jpeg_compressibility.quality=90"] -> {"jpeg_compressibility": {"quality": 90}} (YAML values)."""
+    """["jpeg_compressibility.quality=90"] -> {"jpeg_compressibility": {"quality": 90}} (JSON, else YAML)."""
     import yaml
     out: Dict[str, dict] = {}
     for spec in specs:
@@ -161,7 +162,10 @@ def parse_options(specs: Sequence[str]) -> Dict[str, dict]:
         name, dot, opt = key.partition(".")
         if not (sep and dot and name and opt):
             raise ValueError(f"bad --option {spec!r}: use REWARD.KEY=VALUE, e.g. jpeg_compressibility.quality=90")
-        out.setdefault(name, {})[opt] = yaml.safe_load(value)
+        try:
+            out.setdefault(name, {})[opt] = json.loads(value)   # numbers as JSON reads them (1e-3)
+        except ValueError:
+            out[name][opt] = yaml.safe_load(value)
     return out
 
 

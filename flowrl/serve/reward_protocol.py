@@ -9,7 +9,8 @@ flowrl's own protocol (POST /compute), two request bodies:
                        "metadata": JSON list}. Exact: remote scores equal local scores bit for bit.
 response (200):     {"scores": [B floats], "components": {name: [B floats]}}
 errors:             4xx {"detail": "..."} for bad bodies (not retried), 5xx when the reward failed.
-GET /health:        {"status": "ok", "rewards": {name: weight}, "max_batch": int, "samples_scored": int}
+GET /health:        {"status": "ok", "rewards": {name: weight}, "max_batch": int, "max_bytes": int,
+                     "samples_scored": int, "reward_calls": int}
 
 Flow-GRPO's protocol (opt-in, client only): POST to the URL a pickled dict {"images": [JPEG bytes],
 "prompts": [...], "meta_datas": [...], "only_strict": False}; the response is a pickled dict holding
