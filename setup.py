@@ -30,6 +30,9 @@ setup(
         "safetensors",
         "pyyaml",
         "pillow",
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "httpx>=0.27",
     ],
     extras_require={
         "ocr": ["rapidocr-onnxruntime>=1.3"],

@@ -100,11 +100,15 @@ def tiny_sd3_remote():
         flowrl train --config grpo.py:tiny_sd3_remote
     Samples go as float32 safetensors, so the run equals `tiny_sd3` metric for metric. If the server
     stays down past the retries the run stops (exit 2) before its next checkpoint; `--resume` goes on."""
-    c = tiny_sd3()
+    return served(tiny_sd3())
+
+
+def served(c, concurrency: int = 1, timeout: float = 60.0, backoff: float = 0.5):
+    """Config `c` with its reward replaced by the `remote` reward (a `flowrl serve-reward` on 8765)."""
     c.reward.weights = ml_collections.ConfigDict({"remote": 1.0})
     c.reward.options = ml_collections.ConfigDict({"remote": {
         "url": "http://127.0.0.1:8765", "protocol": "flowrl", "encoding": "safetensors", "batch_size": 64,
-        "concurrency": 1, "timeout": 60.0, "retries": 3, "backoff": 0.5, "required": True}})
+        "concurrency": concurrency, "timeout": timeout, "retries": 3, "backoff": backoff, "required": True}})
     return c
 
 
@@ -284,12 +288,7 @@ def tiny_geneval_remote():
     mmdetection lives in its own environment); the strict accuracy metric stays local:
         flowrl serve-reward scene_geneval --port 8765
         flowrl train --config grpo.py:tiny_geneval_remote"""
-    c = tiny_geneval()
-    c.reward.weights = ml_collections.ConfigDict({"remote": 1.0})
-    c.reward.options = ml_collections.ConfigDict({"remote": {
-        "url": "http://127.0.0.1:8765", "protocol": "flowrl", "encoding": "safetensors", "batch_size": 64,
-        "concurrency": 2, "timeout": 120.0, "retries": 3, "backoff": 1.0, "required": True}})
-    return c
+    return served(tiny_geneval(), concurrency=2, timeout=120.0, backoff=1.0)
 
 
 # ------------------------------------------------------------------ 8x8 digits (sklearn), on a CPU

@@ -1,13 +1,14 @@
 """Benchmark: rewards overlapped with sampling (config reward.overlap) vs scored synchronously.
 
-    python scripts/bench_reward_overlap.py                 # tiny random SD3 on the CPU, ~1 min
+    python scripts/bench_reward_overlap.py                 # tiny random SD3 on the CPU, ~1-2 min
     python scripts/bench_reward_overlap.py --remote        # the reward behind `flowrl serve-reward`
 
 The reward sleeps a fixed latency per batch, set to the measured sampling time of a batch, so the
 reward takes as long as sampling. It times the trainer's collect phase (encode, sample, decode and
 score every batch of an epoch) both ways and prints the ratios to max(sampling, reward):
 synchronous ~2, overlapped (N + 1) / N for N batches (batch b is scored while b + 1 samples; the last
-one is not hidden). Scores are checked identical both ways.
+one is not hidden). Sampling and reward times are those of the synchronous epochs (a remote reward's
+includes its HTTP round trips). Scores are checked identical both ways.
 """
 import argparse
 import socket
@@ -58,22 +59,24 @@ def start_server(latency: float):
 
 
 def collect_seconds(trainer: Trainer, overlap: bool, repeats: int):
-    """Median wall time of collect() over `repeats` epochs, its sampling time, and the rewards."""
+    """Medians over `repeats` epochs of collect()'s wall time, its sampling (encode + sample + decode)
+    time and its reward time (synchronous: the reward's own time; overlapped: the wait), + the rewards."""
     trainer.c.reward.overlap = overlap
-    walls, sampling, rewards = [], [], None
+    walls, sampling, reward, rewards = [], [], [], []
     for epoch in range(repeats):
         trainer.timers = defaultdict(float)
         t = time.perf_counter()
         batch = trainer.collect(epoch, trainer.step_settings(epoch))
         walls.append(time.perf_counter() - t)
         sampling.append(sum(v for k, v in trainer.timers.items() if k != "reward"))
-        rewards = batch["rewards"] if rewards is None else torch.cat([rewards, batch["rewards"]])
-    return statistics.median(walls), statistics.median(sampling), rewards
+        reward.append(trainer.timers["reward"])
+        rewards.append(batch["rewards"])
+    return statistics.median(walls), statistics.median(sampling), statistics.median(reward), torch.cat(rewards)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batches", type=int, default=8, help="sampling batches per epoch")
+    ap.add_argument("--batches", type=int, default=10, help="sampling batches per epoch")
     ap.add_argument("--repeats", type=int, default=3, help="epochs timed per mode (median)")
     ap.add_argument("--remote", action="store_true", help="score through a `flowrl serve-reward` process")
     args = ap.parse_args()
@@ -86,7 +89,7 @@ def main():
         cfg.reward.weights = ml_collections.ConfigDict({"fixed_latency": 1.0})
     local = Trainer(cfg, Path(tempfile.mkdtemp()) / "run")
     fn = local.reward.fns["fixed_latency"]
-    _, sample_s, _ = collect_seconds(local, False, args.repeats)          # latency 0: sampling alone
+    _, sample_s, _, _ = collect_seconds(local, False, args.repeats)       # latency 0: sampling alone
     latency = sample_s / args.batches
     fn.latency = latency
     trainer, proc = local, None
@@ -95,15 +98,14 @@ def main():
         trainer = Trainer(load_config("grpo.py:tiny_sd3_remote", over + [f"reward.options.remote.url={url}"]),
                           Path(tempfile.mkdtemp()) / "run")
     try:
-        sync_s, _, r_sync = collect_seconds(trainer, False, args.repeats)
-        over_s, _, r_over = collect_seconds(trainer, True, args.repeats)
+        sync_s, sample_s, reward_s, r_sync = collect_seconds(trainer, False, args.repeats)
+        over_s, _, _, r_over = collect_seconds(trainer, True, args.repeats)
     finally:
         if proc is not None:
             proc.terminate()
-    reward_s = latency * args.batches
-    bound = max(sample_s, reward_s)
+    bound = max(sample_s, reward_s)    # both measured in the synchronous epochs
     print(f"{'remote' if args.remote else 'local'} reward, {args.batches} batches per epoch, latency "
-          f"{latency * 1000:.0f} ms per batch (= sampling time of a batch)")
+          f"{latency * 1000:.0f} ms per batch (= sampling time of a batch, measured first)")
     print(f"sampling {sample_s:.2f} s, reward {reward_s:.2f} s per epoch; collect phase: synchronous "
           f"{sync_s:.2f} s, overlapped {over_s:.2f} s")
     print(f"ratio to max(sampling, reward): synchronous {sync_s / bound:.2f}, overlapped {over_s / bound:.2f} "

@@ -42,12 +42,16 @@ class RemoteReward:
                  concurrency: int = 1, timeout: float = 60.0, retries: int = 3, backoff: float = 0.5,
                  required: bool = True, fallback: float = 0.0, component: str = "", score_key: str = ""):
         import httpx
+
+        from flowrl.config import ConfigError     # bad options: one line and exit 2 from the CLI
         if not str(url).startswith(("http://", "https://")):
-            raise ValueError(f"reward.options.remote.url must be http://HOST:PORT; got {url!r}")
+            raise ConfigError(f"reward.options.remote.url must be http://HOST:PORT; got {url!r}")
         if protocol not in ("flowrl", "flowgrpo"):
-            raise ValueError(f"reward.options.remote.protocol must be 'flowrl' or 'flowgrpo'; got {protocol!r}")
+            raise ConfigError(f"reward.options.remote.protocol must be 'flowrl' or 'flowgrpo'; got {protocol!r}")
         if min(batch_size, concurrency) < 1 or retries < 0 or timeout <= 0:
-            raise ValueError("reward.options.remote: batch_size, concurrency >= 1, retries >= 0, timeout > 0")
+            raise ConfigError("reward.options.remote: batch_size, concurrency >= 1, retries >= 0, timeout > 0")
+        if encoding not in ("safetensors", "png"):
+            raise ConfigError(f"reward.options.remote.encoding must be 'safetensors' or 'png'; got {encoding!r}")
         self.url, self.protocol, self.encoding = str(url).rstrip("/"), protocol, encoding
         self.batch_size, self.concurrency, self.retries, self.backoff = batch_size, concurrency, retries, backoff
         self.required, self.fallback, self.component, self.score_key = required, fallback, component, score_key
