@@ -32,23 +32,34 @@ REPO = Path(__file__).resolve().parent.parent
 
 @REWARDS.register("fixed_latency", domain="any")
 def fixed_latency(device, latency: float = 0.0):
-    """Reward = mean of each sample, after sleeping `latency` seconds per call (a slow scorer)."""
+    """Reward = mean of each sample, after sleeping a fixed latency per call (a slow scorer): the
+    `latency` attribute, or metadata[0]["latency"] when a remote client sends it."""
     def fn(samples, prompts, metadata):
-        time.sleep(fn.latency)
+        time.sleep(metadata[0].get("latency", fn.latency) if metadata else fn.latency)
         return samples.flatten(1).float().mean(1)
     fn.latency = float(latency)
     return fn
 
 
-def start_server(latency: float):
+class RemoteLatency:
+    """The `remote` reward, passing its latency to the server's fixed_latency reward in the metadata."""
+
+    def __init__(self, url: str):
+        self.remote, self.latency = REWARDS.build("remote", torch.device("cpu"), url=url), 0.0
+
+    def __call__(self, samples, prompts, metadata):
+        return self.remote(samples, prompts, [{**m, "latency": self.latency} for m in metadata])
+
+
+def start_server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "flowrl", "serve-reward", "fixed_latency", "--port", str(port), "--import",
-           __file__, "--option", f"fixed_latency.latency={latency}", "--threads", "1"]
+           __file__, "--threads", "1"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import httpx
-    for _ in range(600):
+    for _ in range(1200):
         try:
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0)
             return proc, f"http://127.0.0.1:{port}"
@@ -58,26 +69,33 @@ def start_server(latency: float):
     raise RuntimeError("reward server did not start")
 
 
-def collect_seconds(trainer: Trainer, overlap: bool, repeats: int):
-    """Medians over `repeats` epochs of collect()'s wall time, its sampling (encode + sample + decode)
-    time and its reward time (synchronous: the reward's own time; overlapped: the wait), + the rewards."""
+def collect_seconds(trainer: Trainer, overlap: bool, epoch: int):
+    """collect()'s wall time for one epoch, its sampling (encode + sample + decode) time, its reward
+    time (synchronous: the reward's own; overlapped: the wait) and the rewards."""
     trainer.c.reward.overlap = overlap
-    walls, sampling, reward, rewards = [], [], [], []
-    for epoch in range(repeats):
-        trainer.timers = defaultdict(float)
-        t = time.perf_counter()
-        batch = trainer.collect(epoch, trainer.step_settings(epoch))
-        walls.append(time.perf_counter() - t)
-        sampling.append(sum(v for k, v in trainer.timers.items() if k != "reward"))
-        reward.append(trainer.timers["reward"])
-        rewards.append(batch["rewards"])
-    return statistics.median(walls), statistics.median(sampling), statistics.median(reward), torch.cat(rewards)
+    trainer.timers = defaultdict(float)
+    t = time.perf_counter()
+    batch = trainer.collect(epoch, trainer.step_settings(epoch))
+    wall = time.perf_counter() - t
+    sampling = sum(v for k, v in trainer.timers.items() if k != "reward")
+    return wall, sampling, trainer.timers["reward"], batch["rewards"]
+
+
+def one_round(trainer: Trainer, fn, batches: int, epoch: int):
+    """Sampling alone (latency 0) sets the latency; then one synchronous and one overlapped epoch,
+    back to back (the machine's load changes slowly compared with them)."""
+    fn.latency = 0.0
+    _, sample_s, _, _ = collect_seconds(trainer, False, epoch)
+    fn.latency = sample_s / batches
+    sync = collect_seconds(trainer, False, epoch)
+    over = collect_seconds(trainer, True, epoch)
+    return fn.latency, sync, over
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", type=int, default=10, help="sampling batches per epoch")
-    ap.add_argument("--repeats", type=int, default=3, help="epochs timed per mode (median)")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds (the median ratio is printed)")
     ap.add_argument("--remote", action="store_true", help="score through a `flowrl serve-reward` process")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -87,30 +105,30 @@ def main():
     cfg = load_config("grpo.py:tiny_sd3", over)
     with cfg.unlocked():
         cfg.reward.weights = ml_collections.ConfigDict({"fixed_latency": 1.0})
-    local = Trainer(cfg, Path(tempfile.mkdtemp()) / "run")
-    fn = local.reward.fns["fixed_latency"]
-    _, sample_s, _, _ = collect_seconds(local, False, args.repeats)       # latency 0: sampling alone
-    latency = sample_s / args.batches
-    fn.latency = latency
-    trainer, proc = local, None
-    if args.remote:
-        proc, url = start_server(latency)
-        trainer = Trainer(load_config("grpo.py:tiny_sd3_remote", over + [f"reward.options.remote.url={url}"]),
-                          Path(tempfile.mkdtemp()) / "run")
+    trainer = Trainer(cfg, Path(tempfile.mkdtemp()) / "run")
+    fn, proc = trainer.reward.fns["fixed_latency"], None
+    if args.remote:   # the server's reward reads its latency from the client's first request
+        proc, url = start_server()
+        trainer.reward.fns["fixed_latency"] = RemoteLatency(url)
+    rows = []
     try:
-        sync_s, sample_s, reward_s, r_sync = collect_seconds(trainer, False, args.repeats)
-        over_s, _, _, r_over = collect_seconds(trainer, True, args.repeats)
+        for r in range(args.repeats):
+            latency, (sync_s, sample_s, reward_s, r_sync), (over_s, _, _, r_over) = one_round(
+                trainer, trainer.reward.fns["fixed_latency"], args.batches, r)
+            bound = max(sample_s, reward_s)     # both measured in the synchronous epoch
+            rows.append((sync_s / bound, over_s / bound, sync_s, over_s, sample_s, reward_s, latency,
+                         torch.equal(r_sync, r_over)))
     finally:
         if proc is not None:
             proc.terminate()
-    bound = max(sample_s, reward_s)    # both measured in the synchronous epochs
-    print(f"{'remote' if args.remote else 'local'} reward, {args.batches} batches per epoch, latency "
-          f"{latency * 1000:.0f} ms per batch (= sampling time of a batch, measured first)")
-    print(f"sampling {sample_s:.2f} s, reward {reward_s:.2f} s per epoch; collect phase: synchronous "
-          f"{sync_s:.2f} s, overlapped {over_s:.2f} s")
-    print(f"ratio to max(sampling, reward): synchronous {sync_s / bound:.2f}, overlapped {over_s / bound:.2f} "
-          f"(ideal {(args.batches + 1) / args.batches:.3f}); speed-up {sync_s / over_s:.2f}x; "
-          f"scores identical: {torch.equal(r_sync, r_over)}")
+    print(f"{'remote' if args.remote else 'local'} reward, {args.batches} batches per epoch; per round: "
+          f"sampling / reward / synchronous / overlapped seconds, ratios to max(sampling, reward)")
+    for r in rows:
+        print(f"  latency {r[6] * 1000:4.0f} ms: {r[4]:.2f} / {r[5]:.2f} / {r[2]:.2f} / {r[3]:.2f} s  ->  "
+              f"synchronous {r[0]:.2f}, overlapped {r[1]:.2f}; scores identical: {r[7]}")
+    sync_ratio, over_ratio = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
+    print(f"median ratio to max(sampling, reward): synchronous {sync_ratio:.2f}, overlapped {over_ratio:.2f} "
+          f"(ideal {(args.batches + 1) / args.batches:.3f}); speed-up {sync_ratio / over_ratio:.2f}x")
 
 
 if __name__ == "__main__":
