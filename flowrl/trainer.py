@@ -76,9 +76,9 @@ class Trainer:
         dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[c.mixed_precision]
         runtime = Runtime(acc.device, dtype, cache_dir(), c.seed)
         with acc.main_process_first():   # the main process trains/caches base models first
-            self.policy = POLICIES.build(c.model.name, runtime, **options(c.model))
             self.reward = build_reward(c.reward.weights.to_dict(), c.reward.options.to_dict(), acc.device,
-                                       tuple(c.reward.metrics))
+                                       tuple(c.reward.metrics))   # first: a remote reward's health check
+            self.policy = POLICIES.build(c.model.name, runtime, **options(c.model))
         self.algorithm.setup(self.policy, self.reward)
         self.prompts = load_prompts(c.prompts.dataset)
         self.test_prompts = load_prompts(c.prompts.test_dataset or c.prompts.dataset)
