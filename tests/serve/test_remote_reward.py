@@ -9,7 +9,7 @@ from flowrl.registry import REWARDS
 from flowrl.rewards import build_reward
 from flowrl.rewards.remote import RemoteRewardError
 
-from conftest import free_port
+from servers import free_port
 
 N = 10
 PROMPTS, META = [f"p{i}" for i in range(N)], [{"i": i} for i in range(N)]

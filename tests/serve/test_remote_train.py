@@ -16,7 +16,7 @@ from flowrl.cli import app
 from flowrl.config import load_config
 from flowrl.trainer import Trainer
 
-from conftest import REPO, ServerProcess
+from servers import REPO, ServerProcess
 
 TINY = ["num_epochs=3", "model.resolution=32", "model.max_sequence_length=16", "sample.num_steps=3",
         "sample.eval_num_steps=3", "sample.batch_size=4", "sample.num_batches_per_epoch=2",

@@ -13,7 +13,7 @@ from flowrl.registry import REWARDS
 from flowrl.serve.reward_app import parse_options, parse_weights
 from flowrl.serve.reward_protocol import JSON, encode_request, image_bytes, parse_response
 
-from conftest import ServerProcess, free_port
+from servers import ServerProcess, free_port
 
 
 @pytest.fixture(scope="module")
