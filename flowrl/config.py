@@ -145,7 +145,8 @@ def flatten(d: Dict, prefix: str = "") -> Dict[str, object]:
 
 
 # Keys that may differ when a run is resumed (they do not change what the run computes so far).
-RESUMABLE_CHANGES = ("num_epochs", "logging.", "checkpoint.keep_last", "eval.diversity")
+RESUMABLE_CHANGES = ("num_epochs", "logging.", "checkpoint.keep_last", "eval.diversity", "train.nonfinite",
+                     "train.max_nonfinite_steps")
 
 
 def resume_conflicts(saved: Dict, current: Dict) -> List[str]:
