@@ -44,7 +44,7 @@ class RunLock:
         run_dir = Path(run_dir)
         if run_dir.exists() and not run_dir.is_dir():
             raise ConfigError(f"--output-dir {run_dir} is a file; give a folder")
-        self.created = not run_dir.exists()
+        self.created, self.wrote, self.run_dir = not run_dir.exists(), False, run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / LOCK_FILE
         self.fd: Optional[int] = os.open(self.path, os.O_RDWR | os.O_CREAT, _umask_mode())
@@ -59,7 +59,11 @@ class RunLock:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
-    def release(self) -> None:
+    def release(self, discard: bool = False) -> None:
+        """Drop the lock. `discard` (a new run that failed): if no checkpoint was written, first delete
+        the run's files (`wrote`: this run wrote them) and the run dir if this run `created` it."""
+        if discard and (self.wrote or self.created) and not has_checkpoint(self.run_dir):
+            clear_run(self.run_dir, remove_dir=self.created)
         if self.fd is not None:
             os.close(self.fd)   # closing drops the flock; the file stays (unlinking it would race)
             self.fd = None

@@ -25,8 +25,7 @@ from flowrl.guards import StepGuard, check_state_finite, where
 from flowrl.protocols import Runtime
 from flowrl.registry import ALGORITHMS, POLICIES
 from flowrl.rewards import build_reward
-from flowrl.rundir import (MetricsLog, RunLock, atomic_write_text, check_run_dir, clear_run, has_checkpoint,
-                           write_run_config)
+from flowrl.rundir import MetricsLog, RunLock, atomic_write_text, check_run_dir, has_checkpoint, write_run_config
 from flowrl.sampling.rollout import RolloutSettings
 from flowrl.sampling.schedule import step_masks
 
@@ -42,7 +41,7 @@ class Trainer:
                  resume_from: Optional[str] = None):
         """resume_from: "step_N" (or N) resumes from that checkpoint instead of the newest one."""
         self.c, self.run_dir = config, Path(run_dir)
-        self.lock, self.wrote, self.resume_from = None, False, resume_from
+        self.lock, self.resume_from = None, resume_from
         try:
             self._start(config, resume or resume_from is not None, accelerator)
         except BaseException as e:
@@ -64,6 +63,7 @@ class Trainer:
             self.lock = RunLock(self.run_dir)   # one writer per run dir, held until finish()
             restart = check_run_dir(self.run_dir, config, resume)
         self.resumed = resume and (self.resume_from is not None or has_checkpoint(self.run_dir))
+        restart = restart and not self.resumed
         if restart:
             self.print(f"{self.run_dir} holds a run that stopped before its first checkpoint: starting "
                        f"over in place")
@@ -74,7 +74,7 @@ class Trainer:
         self._build_components()
         if self.is_main:
             write_run_config(self.run_dir, config, restart)
-            self.wrote = True
+            self.lock.wrote = True
         self.acc.wait_for_everyone()
         init_tracking(self.acc, config, self.run_dir)
         self.log = MetricsLog(self.run_dir, self.is_main)
@@ -84,18 +84,10 @@ class Trainer:
         if self.resumed:
             self._resume()
 
-    def _abandon(self, failed: bool = True) -> None:
-        """Release the run dir. A start or run that `failed` (an error, not Ctrl-C) before its first
-        checkpoint first removes what it wrote (and the run dir if it created it); resumed runs keep
-        everything. An interrupted one leaves a dir that the next start restarts in place."""
-        if (failed and self.lock is not None and not getattr(self, "resumed", False)
-                and not has_checkpoint(self.run_dir)):
-            if self.wrote:
-                clear_run(self.run_dir, remove_dir=self.lock.created)
-            elif self.lock.created:
-                clear_run(self.run_dir, remove_dir=True)
+    def _abandon(self, failed: bool) -> None:
+        """Release the run dir; a new run that `failed` (an error, not Ctrl-C) removes its files first."""
         if self.lock is not None:
-            self.lock.release()
+            self.lock.release(discard=failed and not getattr(self, "resumed", False))
 
     def print(self, msg: str) -> None:
         if self.is_main:
@@ -310,13 +302,12 @@ class Trainer:
         return self.acc.distributed_type == "DEEPSPEED"
 
     def save(self, epoch: int) -> None:
-        acc = self.acc
+        acc = self.acc   # never a checkpoint with NaN/inf (every rank checks: all raise together)
+        check_state_finite(self.policy.trainable_state_dict(), self.optimizer.state_dict(), epoch)
         acc.wait_for_everyone()
         tmp = begin_checkpoint(self.run_dir, epoch) if self.is_main else None
         acc.wait_for_everyone()
         tmp = self.run_dir / "checkpoints" / f".step_{epoch}.tmp"
-        if self.is_main or self.sharded_optimizer:   # never a checkpoint with NaN/inf (flowrl.guards)
-            check_state_finite(self.policy.trainable_state_dict(), self.optimizer.state_dict(), epoch)
         if self.sharded_optimizer:
             write_optimizer(tmp, self.optimizer, shard=acc.process_index)
         elif self.is_main:
