@@ -102,9 +102,14 @@ def seal(folder: Path) -> Dict[str, str]:
     return hashes
 
 
-def verify_checkpoint(path: Path, files: Optional[Dict[str, str]]) -> None:
-    """CheckpointError naming the first file of the manifest `files` that is missing or whose
-    SHA-256 differs. `files` None (a checkpoint written before manifests): nothing to verify."""
+def verify_checkpoint(path: Path, files: Optional[Dict[str, str]] = None) -> None:
+    """CheckpointError naming the first file of the manifest `files` (default: state.json's) that is
+    missing or whose SHA-256 differs. No manifest (written before manifests): nothing to verify."""
+    if files is None and (Path(path) / "state.json").is_file():
+        try:
+            files = json.loads((Path(path) / "state.json").read_text()).get("files")
+        except ValueError:
+            raise CheckpointError(f"checkpoint {path}: state.json is corrupt; use an older checkpoint") from None
     for name, digest in (files or {}).items():
         f = Path(path) / name
         if not f.is_file():

@@ -261,7 +261,7 @@ class Trainer:
         idx = eval_indices(c.eval.num_samples, acc.process_index, acc.num_processes)
         self.policy.net.eval()
         ctx = self.ema.applied() if (self.ema is not None and tag != "base") else contextlib.nullcontext()
-        with ctx:
+        with ctx, where(f"evaluation {tag!r}"):
             local = evaluate(self.policy, self.reward, self.test_prompts, idx, c.sample.eval_num_steps,
                              c.sample.guidance_scale, c.eval.batch_size, c.eval.seed, acc.device,
                              sample_fn=self.algorithm.eval_sample)

@@ -15,6 +15,7 @@ from flowrl.batch import Batch
 from flowrl.checkpoint import CheckpointError, seal
 from flowrl.cli import app
 from flowrl.evaluation import save_eval
+from flowrl.runs import build_policy, load_policy_weights
 from flowrl.trainer import Trainer
 
 
@@ -57,6 +58,9 @@ def test_a_flipped_byte_fails_naming_the_file_and_resume_from_an_older_one_is_ex
     result = CliRunner().invoke(app, ["train", "--config", "grpo.py:moons", "--output-dir", str(run), "--resume",
                                       *[a for o in sets for a in ("--set", o)]])
     assert result.exit_code == 2 and "optimizer.safetensors" in result.output
+    assert "Traceback" not in result.output and result.output.count("error:") == 1
+    with pytest.raises(CheckpointError, match="optimizer.safetensors"):    # eval-diversity / visualize too
+        load_policy_weights(build_policy(cfg, torch.device("cpu")), run / "checkpoints" / "step_3")
     with pytest.raises(CheckpointError, match=r"no checkpoint step_7 .* \['step_1', 'step_2', 'step_3'\]"):
         Trainer(cfg, run, resume_from="step_7")
     resumed = Trainer(cfg, run, resume_from="step_1")
