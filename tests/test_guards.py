@@ -12,7 +12,7 @@ from flowrl.registry import REWARDS
 from flowrl.trainer import Trainer
 
 
-def setup(accumulate=1, mode="stop", max_bad=2):
+def make_guard(accumulate=1, mode="stop", max_bad=2):
     acc = Accelerator(cpu=True, gradient_accumulation_steps=accumulate)
     net = torch.nn.Linear(2, 1)
     with torch.no_grad():
@@ -27,7 +27,7 @@ def step(acc, model, guard, scale, epoch=1, n=1):
 
 
 def test_a_nan_loss_is_skipped_and_stop_raises_after_max_consecutive_naming_epoch_and_step():
-    acc, model, opt, guard = setup(max_bad=2)
+    acc, model, opt, guard = make_guard(max_bad=2)
     w0 = model.weight.detach().clone()
     assert step(acc, model, guard, float("nan")) is None
     assert torch.equal(model.weight, w0) and model.weight.grad is None   # never reached the weights
@@ -40,14 +40,14 @@ def test_a_nan_loss_is_skipped_and_stop_raises_after_max_consecutive_naming_epoc
 
 
 def test_an_inf_gradient_with_a_finite_loss_is_caught():
-    acc, model, opt, guard = setup(max_bad=1)
+    acc, model, opt, guard = make_guard(max_bad=1)
     with acc.accumulate(model), pytest.raises(NonFiniteError, match="non-finite gradient norm"):
         x = torch.zeros(1, 2, requires_grad=False)
         guard.backward_and_step(model(x).sum() + torch.sqrt(model.bias * 0).sum(), 1, 1)   # d sqrt(0) = inf
 
 
 def test_with_grad_accumulation_one_bad_microbatch_drops_the_whole_window():
-    acc, model, opt, guard = setup(accumulate=2, mode="skip")
+    acc, model, opt, guard = make_guard(accumulate=2, mode="skip")
     w0 = model.weight.detach().clone()
     assert step(acc, model, guard, float("nan")) is None   # first microbatch: accumulate only
     assert step(acc, model, guard, 1.0) is None            # boundary: the window had a NaN -> skipped
@@ -58,7 +58,7 @@ def test_with_grad_accumulation_one_bad_microbatch_drops_the_whole_window():
 
 
 def test_bad_modes_and_checkpoint_state_checks():
-    acc, model, opt, _ = setup()
+    acc, model, opt, _ = make_guard()
     with pytest.raises(ConfigError, match="train.nonfinite"):
         StepGuard(acc, opt, [], 1.0, "ignore")
     check_state_finite({"w": torch.ones(2)}, {"state": {0: {"exp_avg": torch.ones(2)}}}, 3)
@@ -123,3 +123,14 @@ def test_a_nan_reward_names_the_epoch_and_the_reward(tmp_path, tiny_moons):
         cfg.reward.weights = {"test_nan_at_epoch_2": 1.0}
     with pytest.raises(NonFiniteError, match=r"^epoch 2: reward 'test_nan_at_epoch_2' returned 16 non-finite"):
         Trainer(cfg, tmp_path / "run").train()
+
+
+def test_lr_1e30_stops_with_a_clear_error_and_keeps_a_finite_resumable_checkpoint(tmp_path, tiny_moons):
+    cfg = tiny_moons("num_epochs=4", "checkpoint.every=1", "checkpoint.keep_last=1", "train.lr=1e30")
+    with pytest.raises(NonFiniteError, match=r"^epoch \d+: .*non-finite"):
+        Trainer(cfg, tmp_path / "run").train()
+    found = list_checkpoints(tmp_path / "run")
+    assert found
+    saved = load_file(found[-1][1] / "trainable.safetensors")
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    Trainer(cfg, tmp_path / "run", resume=True)     # loads (the newest finite checkpoint was kept)

@@ -36,8 +36,15 @@ class WeightedReward:
         """-> (total (B,), {name: (B,)}) on the CPU, float32."""
         n = samples.shape[0]
         parts: Dict[str, torch.Tensor] = {}
+        from flowrl.guards import NonFiniteError
         for name, fn in self.fns.items():
-            parts[name] = check_scores(name, fn(samples, list(prompts), list(metadata)), n).cpu()
+            try:
+                parts[name] = check_scores(name, fn(samples, list(prompts), list(metadata)), n).cpu()
+            except NonFiniteError as e:
+                if bool(torch.isfinite(samples).all()):
+                    raise
+                raise NonFiniteError(f"the samples are non-finite (NaN/inf): the policy diverged; lower "
+                                     f"train.lr or check the data ({e})") from None
         total = sum(self.weights[k] * parts[k] for k in parts)
         return total, parts
 
