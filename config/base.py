@@ -45,6 +45,10 @@ def get_config():
     c.train.adam_weight_decay = 1e-4
     c.train.adam_epsilon = 1e-8
     c.train.max_grad_norm = 1.0      # gradient-norm clip per optimizer step
+    c.train.nonfinite = "stop"       # a NaN/inf loss or grad norm never reaches the optimizer (flowrl.guards):
+                                     # "stop": skip the step, stop after max_nonfinite_steps in a row;
+                                     # "skip": skip and count it (metrics `skipped_steps`), never stop
+    c.train.max_nonfinite_steps = 3  # consecutive non-finite optimizer steps before "stop" raises
     c.train.cfg = True               # re-evaluate velocities with CFG in training (if guidance > 1)
     c.train.ema = False              # keep an EMA of the trainable weights (used for evaluation)
     c.train.ema_decay = 0.9

@@ -8,13 +8,17 @@ RUN_DIR/checkpoints/step_N/
     rng.safetensors         torch CPU (and CUDA) RNG states
     algorithm.safetensors   the algorithm's own state, e.g. DDPO's per-prompt reward buffers
                             (+ algorithm.json, its structure)
-    state.json              epoch, optimizer steps, python/numpy RNG, reward before training
+    state.json              epoch, optimizer steps, python/numpy RNG, reward before training, and
+                            "files": {relative path: SHA-256} of every other file (the manifest)
     + whatever policy.export() writes (e.g. pytorch_lora_weights.safetensors for diffusers)
-The folder is written as .step_N.tmp and renamed: a killed run never leaves a half checkpoint.
+The folder is written as .step_N.tmp, every file and the folder fsync'ed, then renamed (and the
+parent fsync'ed): a killed run or a power cut never leaves a half checkpoint. Loading verifies the
+hashes (a flipped byte fails naming the file); checkpoints written before the manifest load unverified.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -67,6 +71,63 @@ def set_rng_state(tensors: Dict[str, torch.Tensor], meta: dict) -> None:
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
 
 
+def pick_checkpoint(run_dir: Path, name: Optional[str] = None) -> Optional[Path]:
+    """The newest checkpoint, or checkpoint `name` ("step_N" or "N"; CheckpointError if absent)."""
+    found = list_checkpoints(run_dir)
+    if name is None:
+        return found[-1][1] if found else None
+    want = str(name) if str(name).startswith("step_") else f"step_{name}"
+    for _, p in found:
+        if p.name == want:
+            return p
+    raise CheckpointError(f"--resume-from {name}: no checkpoint {want} in {Path(run_dir) / 'checkpoints'}; "
+                          f"there are {[p.name for _, p in found]}")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def seal(folder: Path) -> Dict[str, str]:
+    """fsync every file under `folder` (and the folder) -> {relative path: SHA-256 hex}."""
+    hashes = {}
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        hashes[f.relative_to(folder).as_posix()] = hashlib.sha256(f.read_bytes()).hexdigest()
+        _fsync(f)
+    _fsync(folder)
+    return hashes
+
+
+def verify_checkpoint(path: Path, files: Optional[Dict[str, str]] = None) -> None:
+    """CheckpointError naming the first file of the manifest `files` (default: state.json's) that is
+    missing or whose SHA-256 differs. No manifest (written before manifests): nothing to verify."""
+    if files is None and (Path(path) / "state.json").is_file():
+        try:
+            files = json.loads((Path(path) / "state.json").read_text()).get("files")
+        except ValueError:
+            raise CheckpointError(f"checkpoint {path}: state.json is corrupt; use an older checkpoint") from None
+    for name, digest in (files or {}).items():
+        f = Path(path) / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing; --resume-from "
+                                  f"an older step_N, or delete it")
+        if hashlib.sha256(f.read_bytes()).hexdigest() != digest:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {f} does not match its SHA-256 in "
+                                  f"state.json; resume from an older one with --resume-from step_N")
+
+
+def _test_pause(epoch: int) -> None:
+    """FLOWRL_TEST_PAUSE_CHECKPOINT=N: sleep inside the writer of step_N, its .tmp folder half
+    written (the kill-during-checkpoint tests)."""
+    if os.environ.get("FLOWRL_TEST_PAUSE_CHECKPOINT") == str(epoch):
+        import time
+        time.sleep(120)
+
+
 def begin_checkpoint(run_dir: Path, epoch: int) -> Path:
     """Create the temp folder checkpoints/.step_<epoch>.tmp (main process)."""
     tmp = Path(run_dir) / "checkpoints" / f".step_{epoch}.tmp"
@@ -98,13 +159,19 @@ def finish_checkpoint(tmp: Path, epoch: int, policy, ema=None, extra: dict = Non
     atomic_save_safetensors(rng_tensors, tmp / "rng.safetensors")
     with ema.applied() if ema is not None else contextlib.nullcontext():
         policy.export(tmp)   # what users load for inference: the EMA weights when there are some
-    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "rng": rng_meta, **(extra or {})}))
+    _test_pause(epoch)
+    files = seal(tmp)
+    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "rng": rng_meta, **(extra or {}),
+                                                "files": files}))
+    _fsync(tmp / "state.json")
     final = tmp.parent / f"step_{epoch}"
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    if keep_last > 0:
-        for _, old in list_checkpoints(tmp.parent.parent)[:-keep_last]:
+    _fsync(tmp.parent)
+    if keep_last > 0:   # only older ones: after --resume-from, newer (abandoned) ones are overwritten
+        older = [p for e, p in list_checkpoints(tmp.parent.parent) if e < epoch]
+        for old in older[:max(0, len(older) - (keep_last - 1))]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -129,6 +196,11 @@ def load_checkpoint(path: Path, policy, optimizer, ema=None, shard: Optional[int
                               f"resume from the previous one")
     try:
         state = json.loads((path / "state.json").read_text())
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path}: state.json is corrupt ({type(e).__name__}: {e}); resume "
+                              f"from an older one with --resume-from step_N") from None
+    verify_checkpoint(path, state.get("files"))
+    try:
         weights = load_file(path / "trainable.safetensors")
         opt = merge_tree(json.loads((path / f"{opt_name}.json").read_text()),
                          load_file(path / f"{opt_name}.safetensors"), optimizer.state_dict())
@@ -137,8 +209,8 @@ def load_checkpoint(path: Path, policy, optimizer, ema=None, shard: Optional[int
                                         load_file(path / "algorithm.safetensors"))
         ema_state = load_file(path / "ema.safetensors") if ema is not None else None
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {e}); delete it to "
-                              f"resume from the previous one") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {e}); resume from an "
+                              f"older one with --resume-from step_N") from None
     try:
         policy.load_trainable_state_dict(weights)
         # DeepSpeed's ZeRO optimizer takes one state dict per data-parallel rank and reads its own
@@ -150,7 +222,3 @@ def load_checkpoint(path: Path, policy, optimizer, ema=None, shard: Optional[int
     set_rng_state(rng, state["rng"])
     return state
 
-
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None

@@ -1,7 +1,6 @@
 """The `flowrl` command (Typer). Heavy libraries are imported inside the commands."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,8 +23,10 @@ def _fail(msg: str) -> None:
 def train(
     config: str = typer.Option(..., "--config", "-c", help="FILE.py:NAME; a bare FILE resolves in config/"),
     set_: List[str] = typer.Option([], "--set", help="override, e.g. --set train.lr=1e-4 (repeatable)"),
-    output_dir: Optional[Path] = typer.Option(None, help="run dir (default runs/NAME-TIMESTAMP)"),
+    output_dir: Optional[Path] = typer.Option(None, help="run dir (default runs/NAME-TIMESTAMP-PID)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --output-dir"),
+    resume_from: Optional[str] = typer.Option(None, "--resume-from",
+                                              help="continue from checkpoint step_N (e.g. when the newest is corrupt)"),
     seed: Optional[int] = typer.Option(None, help="overrides config.seed"),
 ):
     """Fine-tune a model: `flowrl train --config grpo.py:moons`."""
@@ -37,14 +38,14 @@ def train(
         cfg = load_config(config, overrides)
     except (ConfigError, FileNotFoundError) as e:
         _fail(str(e))
-    if resume and output_dir is None:
+    if (resume or resume_from) and output_dir is None:
         _fail("--resume needs --output-dir: the run dir to continue")
-    name = config.partition(":")[2] or Path(config.partition(":")[0]).stem
-    run_dir = output_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from flowrl.rundir import default_run_dir
+    run_dir = output_dir or default_run_dir(config.partition(":")[2] or Path(config.partition(":")[0]).stem)
     from flowrl.rewards.remote import RemoteRewardError
     from flowrl.trainer import Trainer
     try:
-        Trainer(cfg, run_dir, resume=resume).train()
+        Trainer(cfg, run_dir, resume=resume, resume_from=resume_from).train()
     except (ConfigError, CheckpointError, FileNotFoundError, RemoteRewardError) as e:
         _fail(str(e))
 

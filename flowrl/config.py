@@ -147,7 +147,8 @@ def flatten(d: Dict, prefix: str = "") -> Dict[str, object]:
 # Keys that may differ when a run is resumed (they do not change what the run computes so far).
 RESUMABLE_CHANGES = ("num_epochs", "logging.", "checkpoint.keep_last", "eval.diversity", "reward.overlap",
                      "reward.options.remote.url", "reward.options.remote.timeout",
-                     "reward.options.remote.retries", "reward.options.remote.backoff")
+                     "reward.options.remote.retries", "reward.options.remote.backoff",
+                     "train.nonfinite", "train.max_nonfinite_steps")
 
 
 def resume_conflicts(saved: Dict, current: Dict) -> List[str]:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from flowrl.batch import Batch
+from flowrl.cache import _umask_mode
+from flowrl.rundir import atomic_write_text
 from flowrl.sampling.rollout import ode_sample
 
 
@@ -59,6 +61,23 @@ def evaluate(policy, reward_fn, prompt_set, indices: torch.Tensor, num_steps: in
     return Batch.cat(out)
 
 
+def save_npz_atomically(path: Path, **arrays) -> None:
+    """np.savez to a temp file in the same folder, fsync, rename: readers never see half a file."""
+    import os
+    import tempfile
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def save_eval(run_dir: Path, tag: str, local: Batch, gathered: Dict[str, torch.Tensor], prompt_set,
               is_main: bool) -> None:
     """2-D: main saves eval/<tag>.npz. Images: every rank saves its PNGs, main writes prompts.jsonl."""
@@ -66,7 +85,8 @@ def save_eval(run_dir: Path, tag: str, local: Batch, gathered: Dict[str, torch.T
     if local["samples"].ndim == 2:
         if is_main:
             d.mkdir(parents=True, exist_ok=True)
-            np.savez(d / f"{tag}.npz", x=gathered["samples"].numpy(), reward=gathered["rewards"].numpy())
+            save_npz_atomically(d / f"{tag}.npz", x=gathered["samples"].numpy(),
+                                reward=gathered["rewards"].numpy())
         return
     from PIL import Image
     out = d / tag
@@ -79,4 +99,4 @@ def save_eval(run_dir: Path, tag: str, local: Batch, gathered: Dict[str, torch.T
         rows = [{"index": i, "image": f"{i:05d}.png", "prompt": prompt_set.prompts[i % len(prompt_set)],
                  "reward": float(r), **({k: v[n] for k, v in parts.items()} if len(parts) > 1 else {})}
                 for n, (i, r) in enumerate(zip(gathered["index"].tolist(), gathered["rewards"].tolist()))]
-        (out / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(out / "prompts.jsonl", "".join(json.dumps(r) + "\n" for r in rows))

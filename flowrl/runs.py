@@ -6,7 +6,7 @@ from typing import List, Tuple
 
 import torch
 
-from flowrl.checkpoint import CheckpointError, list_checkpoints
+from flowrl.checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
 
 
 def load_run_config(run_dir: Path):
@@ -47,11 +47,13 @@ def build_run_reward(config, device: torch.device):
 
 
 def load_policy_weights(policy, checkpoint: Path, use_ema: bool = True) -> None:
-    """Load a checkpoint's trainable weights (its EMA weights when present and `use_ema`)."""
+    """Load a checkpoint's trainable weights (its EMA weights when present and `use_ema`), after
+    checking its SHA-256 manifest (if it has one)."""
     from safetensors.torch import load_file
     ckpt = Path(checkpoint)
     if not (ckpt / "trainable.safetensors").exists():
         raise CheckpointError(f"{ckpt} has no trainable.safetensors")
+    verify_checkpoint(ckpt)
     policy.load_trainable_state_dict(load_file(ckpt / "trainable.safetensors"))
     if use_ema and (ckpt / "ema.safetensors").exists():
         from flowrl.ema import EMA

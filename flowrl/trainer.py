@@ -15,17 +15,18 @@ from typing import Dict, Optional
 import torch
 
 from flowrl.batch import Batch
-from flowrl.checkpoint import (begin_checkpoint, finish_checkpoint, latest_checkpoint, load_checkpoint,
+from flowrl.checkpoint import (begin_checkpoint, finish_checkpoint, load_checkpoint, pick_checkpoint,
                                write_optimizer)
 from flowrl.config import plan_batches
 from flowrl.data.prompts import load_prompts
 from flowrl.data.sampler import epoch_assignment, group_shuffle, mix_seed
 from flowrl.evaluation import eval_indices, evaluate, save_eval
+from flowrl.guards import StepGuard, check_state_finite, where
 from flowrl.protocols import Runtime
 from flowrl.registry import ALGORITHMS, POLICIES
 from flowrl.rewards import build_reward
 from flowrl.rewards.overlap import OverlappedRewards
-from flowrl.rundir import MetricsLog, atomic_write_text, check_run_dir, write_run_config
+from flowrl.rundir import MetricsLog, RunLock, atomic_write_text, check_run_dir, has_checkpoint, write_run_config
 from flowrl.sampling.rollout import RolloutSettings
 from flowrl.sampling.schedule import step_masks
 
@@ -37,9 +38,19 @@ def options(section) -> dict:
 
 
 class Trainer:
-    def __init__(self, config, run_dir: Path, resume: bool = False, accelerator=None):
-        from flowrl.distributed import build_accelerator, init_tracking
+    def __init__(self, config, run_dir: Path, resume: bool = False, accelerator=None,
+                 resume_from: Optional[str] = None):
+        """resume_from: "step_N" (or N) resumes from that checkpoint instead of the newest one."""
         self.c, self.run_dir = config, Path(run_dir)
+        self.lock, self.resume_from = None, resume_from
+        try:
+            self._start(config, resume or resume_from is not None, accelerator)
+        except BaseException as e:
+            self._abandon(isinstance(e, Exception))
+            raise
+
+    def _start(self, config, resume: bool, accelerator) -> None:
+        from flowrl.distributed import build_accelerator, init_tracking
         self.algorithm = ALGORITHMS.build(config.algorithm.name, **options(config.algorithm))
         s = config.sample
         _, train_mask = step_masks(s.num_steps, s.timestep_fraction, s.sde_window_size, 0)
@@ -48,23 +59,36 @@ class Trainer:
         self.plan = plan_batches(config, self.acc.num_processes,   # raises before any model loads
                                  group_local=self.algorithm.group_local)
         self.is_main = self.acc.is_main_process
+        restart = False
         if self.is_main:
-            check_run_dir(self.run_dir, config, resume)
+            self.lock = RunLock(self.run_dir)   # one writer per run dir, held until finish()
+            restart = check_run_dir(self.run_dir, config, resume)
+        self.resumed = resume and (self.resume_from is not None or has_checkpoint(self.run_dir))
+        restart = restart and not self.resumed
+        if restart:
+            self.print(f"{self.run_dir} holds a run that stopped before its first checkpoint: starting "
+                       f"over in place")
         if config.cpu_threads > 0:
             torch.set_num_threads(config.cpu_threads)
         self.print(f"{self.acc.distributed_type} x {self.acc.num_processes} on {self.acc.device}; "
                    f"batch plan: {self.plan.describe()}")
         self._build_components()
         if self.is_main:
-            write_run_config(self.run_dir, config)
+            write_run_config(self.run_dir, config, restart)
+            self.lock.wrote = True
         self.acc.wait_for_everyone()
         init_tracking(self.acc, config, self.run_dir)
         self.log = MetricsLog(self.run_dir, self.is_main)
         from flowrl.metrics.monitor import DiversityAlarm
         self.alarm, self.eval_extra = DiversityAlarm(config.eval.diversity_alarm_fraction), {}
         self.start_epoch, self.opt_steps, self.reward_before = 0, 0, None
-        if resume:
+        if self.resumed:
             self._resume()
+
+    def _abandon(self, failed: bool) -> None:
+        """Release the run dir; a new run that `failed` (an error, not Ctrl-C) removes its files first."""
+        if self.lock is not None:
+            self.lock.release(discard=failed and not getattr(self, "resumed", False))
 
     def print(self, msg: str) -> None:
         if self.is_main:
@@ -103,6 +127,8 @@ class Trainer:
             self.policy.model = wrapped[0]
         self.algorithm.bind_modules(dict(zip(extra, wrapped[len(wrapped) - len(extra):])))
         self.trained_modules = wrapped
+        self.guard = StepGuard(acc, self.optimizer, self.params, c.train.max_grad_norm,
+                               c.train.get("nonfinite", "stop"), c.train.get("max_nonfinite_steps", 3))
         self.ema = None
         if c.train.ema and policy_params:
             from flowrl.ema import EMA
@@ -111,13 +137,15 @@ class Trainer:
                    + (f"; algorithm modules: {sum(p.numel() for p in extra_params):,}" if extra else ""))
 
     def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.run_dir)
+        ckpt = pick_checkpoint(self.run_dir, self.resume_from)
         if ckpt is None:
             raise FileNotFoundError(f"--resume: {self.run_dir / 'checkpoints'} has no checkpoint yet; "
                                     f"start the run again without --resume (and another --output-dir)")
         shard = self.acc.process_index if self.sharded_optimizer else None
         state = load_checkpoint(ckpt, self.policy, self.optimizer, self.ema, shard=shard,
                                 num_shards=self.acc.num_processes)
+        if not state.get("files"):
+            self.print(f"{ckpt} predates checkpoint checksums: its files are not verified")
         self.algorithm.load_state_dict(state["algorithm"])
         self.start_epoch, self.opt_steps = state["epoch"], state["optimizer_steps"]
         self.reward_before = state.get("reward_before")
@@ -218,22 +246,19 @@ class Trainer:
             for mb in shuffled.split(c.train.batch_size):
                 mb = mb.to(acc.device)
                 for loss, metrics in self.algorithm.loss_terms(self.policy, mb, st):
-                    with acc.accumulate(*self.trained_modules):
-                        acc.backward(loss)
-                        if acc.sync_gradients:
-                            norm = acc.clip_grad_norm_(self.params, c.train.max_grad_norm)
-                            sums["grad_norm"] += float(norm)
-                            self.opt_steps += 1
-                            if self.ema is not None:
-                                self.ema.step(self.opt_steps)
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
+                    with acc.accumulate(*self.trained_modules):   # NaN/inf never reach the optimizer
+                        norm = self.guard.backward_and_step(loss, epoch + 1, self.opt_steps + 1)
+                    if norm is not None:
+                        sums["grad_norm"] += norm
+                        self.opt_steps += 1
+                        if self.ema is not None:
+                            self.ema.step(self.opt_steps)
                     for k, v in metrics.items():
                         sums[k] += v
                     count += 1
         steps = max(1, self.plan.optimizer_steps_per_epoch)
         out = {k: v / (steps if k == "grad_norm" else max(count, 1)) for k, v in sums.items()}
-        out["optimizer_steps"] = self.opt_steps
+        out.update(optimizer_steps=self.opt_steps, skipped_steps=self.guard.pop_skipped())
         return out
 
     # ------------------------------------------------------------------ evaluation
@@ -243,7 +268,7 @@ class Trainer:
         idx = eval_indices(c.eval.num_samples, acc.process_index, acc.num_processes)
         self.policy.net.eval()
         ctx = self.ema.applied() if (self.ema is not None and tag != "base") else contextlib.nullcontext()
-        with ctx:
+        with ctx, where(f"evaluation {tag!r}"):
             local = evaluate(self.policy, self.reward, self.test_prompts, idx, c.sample.eval_num_steps,
                              c.sample.guidance_scale, c.eval.batch_size, c.eval.seed, acc.device,
                              sample_fn=self.algorithm.eval_sample)
@@ -284,7 +309,8 @@ class Trainer:
         return self.acc.distributed_type == "DEEPSPEED"
 
     def save(self, epoch: int) -> None:
-        acc = self.acc
+        acc = self.acc   # never a checkpoint with NaN/inf (every rank checks: all raise together)
+        check_state_finite(self.policy.trainable_state_dict(), self.optimizer.state_dict(), epoch)
         acc.wait_for_everyone()
         tmp = begin_checkpoint(self.run_dir, epoch) if self.is_main else None
         acc.wait_for_everyone()
@@ -305,6 +331,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> Dict:
+        try:
+            return self._train()
+        except BaseException as e:
+            self._abandon(isinstance(e, Exception))
+            raise
+
+    def _train(self) -> Dict:
         c, t0 = self.c, time.time()
         if self.reward_before is None:
             self.reward_before = self.evaluate("base")
@@ -334,7 +367,8 @@ class Trainer:
         t0 = time.time()
         st = self.step_settings(epoch)
         self.policy.net.eval()
-        batch = self.collect(epoch, st)
+        with where(f"epoch {epoch + 1}"):
+            batch = self.collect(epoch, st)
         t1 = time.time()
         gathered = self.gather(batch)
         row = {"epoch": epoch + 1, "reward_mean": float(gathered["rewards"].mean()),
@@ -372,6 +406,8 @@ class Trainer:
             self.print(f"reward {summary['reward_before']:.4f} -> {summary['reward_after']:.4f} "
                        f"in {summary['wall_seconds']:.1f} s; run dir {self.run_dir}")
         self.acc.end_training()
+        if self.lock is not None:
+            self.lock.release()
         return summary
 
 

@@ -16,3 +16,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+TINY_MOONS = ["model.hidden=16", "model.depth=1", "model.base_iters=30", "model.base_batch=64",
+              "sample.num_steps=4", "sample.eval_num_steps=4", "sample.batch_size=16",
+              "sample.num_batches_per_epoch=2", "sample.group_size=32", "train.batch_size=16",
+              "eval.num_samples=32", "eval.batch_size=32", "eval.every=0", "eval.diversity=False",
+              "logging.progress=False"]
+
+
+@pytest.fixture
+def tiny_moons():
+    """tiny_moons(*overrides) -> a locked grpo.py:moons config that trains an epoch in milliseconds."""
+    from flowrl.config import load_config
+    return lambda *extra: load_config("grpo.py:moons", TINY_MOONS + list(extra))

@@ -178,15 +178,15 @@ class SD3Policy:
 
     def encode(self, prompts: Sequence[str]) -> Dict[str, torch.Tensor]:
         """list of B prompts -> {"prompt_embeds": (B, L, D), "pooled": (B, Dp)} on the device, in
-        the weight dtype. Each distinct prompt is encoded once and kept in an LRU cache of
-        `prompt_cache_size` prompts (0 = unbounded)."""
+        the weight dtype. Each distinct prompt is encoded once, alone (bitwise the same whatever
+        else is in the batch or the cache), and kept in an LRU cache of `prompt_cache_size` prompts
+        (0 = unbounded)."""
         prompts = list(prompts)
         found = {p: self._cache[p] for p in dict.fromkeys(prompts) if p in self._cache}
         todo = [p for p in dict.fromkeys(prompts) if p not in found]
-        for start in range(0, len(todo), 32):
-            chunk = todo[start:start + 32]
-            emb, pooled = self._encode_text(chunk)
-            found.update({p: (emb[i], pooled[i]) for i, p in enumerate(chunk)})
+        for p in todo:   # one prompt per call: the embedding is a function of the prompt alone (a
+            emb, pooled = self._encode_text([p])   # batch's make-up changes bits; exact resume needs this)
+            found[p] = (emb[0], pooled[0])
         for p in dict.fromkeys(prompts):
             self._cache[p] = found[p]
             self._cache.move_to_end(p)

@@ -9,7 +9,9 @@ from flowrl.registry import REWARDS
 
 
 def check_scores(name: str, scores, batch_size: int) -> torch.Tensor:
-    """Return `scores` as a float (B,) tensor or raise a ValueError naming reward `name`."""
+    """Return `scores` as a float (B,) tensor or raise a ValueError (NonFiniteError for NaN/inf)
+    naming reward `name`."""
+    from flowrl.guards import NonFiniteError
     scores = torch.as_tensor(scores, dtype=torch.float32)
     if scores.shape != (batch_size,):
         raise ValueError(f"reward {name!r} returned shape {tuple(scores.shape)} for {batch_size} "
@@ -17,7 +19,7 @@ def check_scores(name: str, scores, batch_size: int) -> torch.Tensor:
     bad = ~torch.isfinite(scores)
     if bad.any():
         idx = bad.nonzero().flatten()[:5].tolist()
-        raise ValueError(f"reward {name!r} returned {int(bad.sum())} non-finite score(s) "
+        raise NonFiniteError(f"reward {name!r} returned {int(bad.sum())} non-finite score(s) "
                          f"(NaN/inf) at sample index {idx}; fix the reward or its inputs")
     return scores
 
@@ -34,8 +36,15 @@ class WeightedReward:
         """-> (total (B,), {name: (B,)}) on the CPU, float32."""
         n = samples.shape[0]
         parts: Dict[str, torch.Tensor] = {}
+        from flowrl.guards import NonFiniteError
         for name, fn in self.fns.items():
-            parts[name] = check_scores(name, fn(samples, list(prompts), list(metadata)), n).cpu()
+            try:
+                parts[name] = check_scores(name, fn(samples, list(prompts), list(metadata)), n).cpu()
+            except NonFiniteError as e:
+                if bool(torch.isfinite(samples).all()):
+                    raise
+                raise NonFiniteError(f"the samples are non-finite (NaN/inf): the policy diverged; lower "
+                                     f"train.lr or check the data ({e})") from None
         total = sum(self.weights[k] * parts[k] for k in parts)
         return total, parts
 
