@@ -31,8 +31,9 @@ class UnknownNameError(UserError, KeyError):
 
 
 # OSErrors that are the machine's state, not a bug: full disk, read-only or forbidden folder.
+# (EEXIST is not one: the CLI checks --output-dir itself; elsewhere it means a clash inside a run dir.)
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
-                      errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+                      errno.ENOTDIR, errno.EISDIR}
 
 
 def environment_message(e: OSError) -> str:
@@ -45,8 +46,7 @@ def environment_message(e: OSError) -> str:
            errno.EACCES: "no permission to write there: pass a folder you own as --output-dir",
            errno.EPERM: "no permission to write there: pass a folder you own as --output-dir",
            errno.ENOTDIR: "a path component is a file, not a folder: give a folder path",
-           errno.EISDIR: "that path is a folder: give a file path",
-           errno.EEXIST: "that path already exists as a file: give a folder path"}[e.errno]
+           errno.EISDIR: "that path is a folder: give a file path"}[e.errno]
     return f"{e.strerror}{where}; {fix}"
 
 

@@ -12,7 +12,8 @@ Scenarios (all on tiny CPU runs, in a temporary folder; a private model cache):
   bad_inputs   every case of tests/bad_inputs.py (the table the tests use): how many end in one clear
                `error:` line with exit code 2 (or, where promised, a warning and success)
   nan          --set train.lr=1e30: no checkpoint may hold non-finite weights, and the run must stop
-               with a message (or skip the bad steps) instead of finishing on NaN weights
+               with a message naming the epoch and what went non-finite (or skip the bad steps and
+               finish on finite weights)
   two_writers  two `flowrl train` on one --output-dir at once: one must be refused (naming the
                holder) and the log must hold one run's rows
   disk_full    --output-dir on a 192 KiB tmpfs (root; else RLIMIT_FSIZE): one `error:` line, exit 2, no
@@ -41,6 +42,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from bad_inputs import CASES, TINY, run_case  # noqa: E402  (the same table as tests/test_user_errors.py)
 
 MOONS = TINY + ["num_epochs=8", "checkpoint.keep_last=0"]
+KILLS = MOONS + ["num_epochs=40"]            # long enough that most kills land after start-up
 SD3 = ["num_epochs=4", "checkpoint.every=1", "checkpoint.keep_last=0", "eval.every=0", "logging.progress=False",
        "sample.batch_size=4", "sample.num_batches_per_epoch=2", "sample.group_size=4", "train.batch_size=4",
        "eval.num_samples=4", "eval.batch_size=4", "model.resolution=32", "model.max_sequence_length=16"]
@@ -133,34 +135,44 @@ def reference(ctx: Ctx, name: str, overrides, config="grpo.py:moons", procs=1) -
     return run_dir
 
 
+def _done_fraction(run_dir: Path, epochs: int) -> float:
+    from flowrl.checkpoint import list_checkpoints
+    found = list_checkpoints(run_dir)
+    return found[-1][0] / epochs if found else 0.0
+
+
 def scenario_kills(ctx: Ctx, kills: int) -> Dict:
-    ref = reference(ctx, "moons", MOONS)
+    """kill -9 at uniform random moments of the remaining run (start-up, sampling, training, a
+    checkpoint write), relaunching with --resume each time, until `kills` kills have landed."""
+    ref = reference(ctx, "moons-long", KILLS)
     t0 = time.time()
-    ctx.run(ctx.cmd(ctx.root / "timing", MOONS))
-    span = time.time() - t0
-    run_dir, survived, dead_ends, notes = ctx.root / "killed", 0, 0, []
-    for _ in range(kills):
+    ctx.run(ctx.cmd(ctx.root / "timing", KILLS))
+    span, epochs = time.time() - t0, int(KILLS[-1].split("=")[1])
+    run_dir, landed, survived, dead_ends, notes = ctx.root / "killed", 0, 0, 0, []
+    for _ in range(3 * kills):
+        if landed == kills or (run_dir / "summary.json").exists():
+            break
         resume = (run_dir / "config.yaml").exists()
-        p = ctx.start(ctx.cmd(run_dir, MOONS, resume=resume))
-        time.sleep(ctx.rng.uniform(0.3, span))
-        finished = p.poll() is not None
+        p = ctx.start(ctx.cmd(run_dir, KILLS, resume=resume))
+        time.sleep(ctx.rng.uniform(0.2, span * (1.0 - 0.8 * _done_fraction(run_dir, epochs))))
+        running = p.poll() is None
         err = kill_group(p)
-        if finished and p.returncode:
+        landed += running
+        survived += running and not checkpoint_problems(run_dir)
+        if not running and p.returncode:
             dead_ends += 1
             notes.append((err.strip().splitlines() or [""])[-1][:150])
-        survived += not checkpoint_problems(run_dir)
-        if (run_dir / "summary.json").exists():
-            break
-    out = ctx.run(ctx.cmd(run_dir, MOONS, resume=(run_dir / "config.yaml").exists()))
+    out = ctx.run(ctx.cmd(run_dir, KILLS, resume=(run_dir / "config.yaml").exists()))
     problems = checkpoint_problems(run_dir)
     finished = out.returncode == 0 and (run_dir / "summary.json").exists()
     exact = same_result(ref, run_dir) if finished else "did not finish"
-    ok = finished and not problems and exact is None and dead_ends == 0
-    detail = (f"{survived}/{kills} kills left only whole checkpoints; finished: {finished}"
-              f"{'' if finished else ' (' + out.stderr.strip().splitlines()[-1][:150] + ')' if out.stderr.strip() else ''}; "
-              f"bit-exact to an unbroken run: {'yes' if exact is None else 'no, ' + exact}"
+    last = (out.stderr.strip().splitlines() or [""])[-1][:150]
+    ok = finished and not problems and exact is None and dead_ends == 0 and survived == landed
+    detail = (f"{survived}/{landed} kills -9 left only whole checkpoints; then --resume finished: "
+              f"{'yes' if finished else 'no (' + last + ')'}; bit-exact to an unbroken run: "
+              f"{'yes' if exact is None else 'no, ' + exact}"
               + (f"; {dead_ends} relaunch(es) failed: {notes[0]}" if dead_ends else ""))
-    return {"ok": ok, "detail": detail, "kills": kills, "survived": survived, "bit_exact": exact is None}
+    return {"ok": ok, "detail": detail, "kills": landed, "survived": survived, "bit_exact": exact is None}
 
 
 def kill_after_checkpoint(ctx: Ctx, name: str, overrides, config: str, procs: int, step: int = 2) -> Dict:
@@ -200,9 +212,11 @@ def scenario_nan(ctx: Ctx) -> Dict:
     out = ctx.run(ctx.cmd(run_dir, MOONS + ["train.lr=1e30", "checkpoint.keep_last=3"]))
     problems = checkpoint_problems(run_dir)
     err = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
-    stopped = out.returncode != 0 and any(w in err.lower() for w in ("finite", "nan"))
+    said = out.stderr.lower()
+    stopped = out.returncode != 0 and "epoch" in said and any(w in said for w in ("finite", "nan"))
     ok = not problems and (stopped or out.returncode == 0)
-    what = f"stopped (exit {out.returncode}): {err[:150]}" if out.returncode else "finished"
+    what = (f"stopped (exit {out.returncode}{', traceback' if 'Traceback' in out.stderr else ''}"
+            f"{'' if stopped else ', the message names no epoch'}): {err[:150]}" if out.returncode else "finished")
     return {"ok": ok, "detail": f"{what}; checkpoints with non-finite weights: {problems or 'none'}"}
 
 
