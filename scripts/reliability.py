@@ -135,44 +135,43 @@ def reference(ctx: Ctx, name: str, overrides, config="grpo.py:moons", procs=1) -
     return run_dir
 
 
-def _done_fraction(run_dir: Path, epochs: int) -> float:
-    from flowrl.checkpoint import list_checkpoints
-    found = list_checkpoints(run_dir)
-    return found[-1][0] / epochs if found else 0.0
-
-
 def scenario_kills(ctx: Ctx, kills: int) -> Dict:
-    """kill -9 at uniform random moments of the remaining run (start-up, sampling, training, a
-    checkpoint write), relaunching with --resume each time, until `kills` kills have landed."""
+    """kill -9 at uniform random moments of a launch (start-up, sampling, training, a checkpoint
+    write), relaunching with --resume, until `kills` kills have landed; a run that reaches its end
+    is checked and a new one started. Every run is finally resumed to its end and compared."""
     ref = reference(ctx, "moons-long", KILLS)
     t0 = time.time()
     ctx.run(ctx.cmd(ctx.root / "timing", KILLS))
-    span, epochs = time.time() - t0, int(KILLS[-1].split("=")[1])
-    run_dir, landed, survived, dead_ends, notes = ctx.root / "killed", 0, 0, 0, []
-    for _ in range(3 * kills):
-        if landed == kills or (run_dir / "summary.json").exists():
+    span = time.time() - t0
+    runs, landed, survived, dead_ends, notes = [ctx.root / "killed-0"], 0, 0, 0, []
+    for _ in range(4 * kills):
+        if landed == kills:
             break
-        resume = (run_dir / "config.yaml").exists()
-        p = ctx.start(ctx.cmd(run_dir, KILLS, resume=resume))
-        time.sleep(ctx.rng.uniform(0.2, span * (1.0 - 0.8 * _done_fraction(run_dir, epochs))))
+        if (runs[-1] / "summary.json").exists():
+            runs.append(ctx.root / f"killed-{len(runs)}")
+        resume = (runs[-1] / "config.yaml").exists()
+        p = ctx.start(ctx.cmd(runs[-1], KILLS, resume=resume))
+        time.sleep(ctx.rng.uniform(0.2, 0.9 * span))
         running = p.poll() is None
         err = kill_group(p)
         landed += running
-        survived += running and not checkpoint_problems(run_dir)
+        survived += running and not checkpoint_problems(runs[-1])
         if not running and p.returncode:
             dead_ends += 1
             notes.append((err.strip().splitlines() or [""])[-1][:150])
-    out = ctx.run(ctx.cmd(run_dir, KILLS, resume=(run_dir / "config.yaml").exists()))
-    problems = checkpoint_problems(run_dir)
-    finished = out.returncode == 0 and (run_dir / "summary.json").exists()
-    exact = same_result(ref, run_dir) if finished else "did not finish"
-    last = (out.stderr.strip().splitlines() or [""])[-1][:150]
-    ok = finished and not problems and exact is None and dead_ends == 0 and survived == landed
-    detail = (f"{survived}/{landed} kills -9 left only whole checkpoints; then --resume finished: "
-              f"{'yes' if finished else 'no (' + last + ')'}; bit-exact to an unbroken run: "
-              f"{'yes' if exact is None else 'no, ' + exact}"
-              + (f"; {dead_ends} relaunch(es) failed: {notes[0]}" if dead_ends else ""))
-    return {"ok": ok, "detail": detail, "kills": landed, "survived": survived, "bit_exact": exact is None}
+    finished, exact, last = 0, 0, ""
+    for run_dir in runs:
+        if not (run_dir / "summary.json").exists():
+            out = ctx.run(ctx.cmd(run_dir, KILLS, resume=(run_dir / "config.yaml").exists()))
+            last = (out.stderr.strip().splitlines() or [""])[-1][:150] if out.returncode else last
+        done = (run_dir / "summary.json").exists() and not checkpoint_problems(run_dir)
+        finished += done
+        exact += done and same_result(ref, run_dir) is None
+    ok = finished == exact == len(runs) and dead_ends == 0 and survived == landed == kills
+    detail = (f"{survived}/{landed} kills -9 left only whole checkpoints; runs resumed to the end: "
+              f"{finished}/{len(runs)}{' (' + last + ')' if last else ''}; bit-exact to an unbroken run: "
+              f"{exact}/{len(runs)}" + (f"; {dead_ends} relaunch(es) failed: {notes[0]}" if dead_ends else ""))
+    return {"ok": ok, "detail": detail, "kills": landed, "survived": survived, "bit_exact": exact == len(runs)}
 
 
 def kill_after_checkpoint(ctx: Ctx, name: str, overrides, config: str, procs: int, step: int = 2) -> Dict:
@@ -212,11 +211,13 @@ def scenario_nan(ctx: Ctx) -> Dict:
     out = ctx.run(ctx.cmd(run_dir, MOONS + ["train.lr=1e30", "checkpoint.keep_last=3"]))
     problems = checkpoint_problems(run_dir)
     err = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
-    said = out.stderr.lower()
-    stopped = out.returncode != 0 and "epoch" in said and any(w in said for w in ("finite", "nan"))
+    traceback = "Traceback" in out.stderr or "\u256d" in out.stderr   # plain or rich (a box)
+    said = err.lower()
+    stopped = out.returncode != 0 and not traceback and "epoch" in said and ("finite" in said or "nan" in said)
     ok = not problems and (stopped or out.returncode == 0)
-    what = (f"stopped (exit {out.returncode}{', traceback' if 'Traceback' in out.stderr else ''}"
-            f"{'' if stopped else ', the message names no epoch'}): {err[:150]}" if out.returncode else "finished")
+    what = (f"stopped (exit {out.returncode}{', with a traceback' if traceback else ''}"
+            f"{'' if 'epoch' in said else ', the message names no epoch'}): {err[:150]}" if out.returncode
+            else "finished")
     return {"ok": ok, "detail": f"{what}; checkpoints with non-finite weights: {problems or 'none'}"}
 
 
