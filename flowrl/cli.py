@@ -26,8 +26,8 @@ def _fail(msg: str) -> None:
 
 def user_errors(*extra: type) -> Callable:
     """Decorator for every command: a user error (flowrl.errors.UserError, incl. ConfigError and
-    CheckpointError; a missing file; a full / read-only disk; or one of `extra`) ends in one line and exit 2; anything else
-    keeps its traceback."""
+    CheckpointError; a missing file; a full / read-only disk; or one of `extra`) ends in one line
+    and exit 2; anything else keeps its traceback."""
     def deco(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):

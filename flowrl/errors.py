@@ -55,8 +55,8 @@ def read_jsonl(path: Path, what: str = "JSON-lines file", fix: str = "repair or 
     """Rows of a JSON-lines file ([] if it does not exist); blank lines are skipped.
 
     cut_last_ok (logs appended to by a run): a last line cut short (no final newline: a crash or a
-    full disk during an append) is dropped with a warning on stderr. Any other line that is not a JSON object raises InputFileError naming
-    PATH:LINE and `fix`. Non-UTF-8 text raises InputFileError too."""
+    full disk during an append) is dropped with a warning on stderr. Any other line that is not a
+    JSON object raises InputFileError naming PATH:LINE and `fix`. Non-UTF-8 text raises InputFileError too."""
     path = Path(path)
     if not path.exists():
         return []

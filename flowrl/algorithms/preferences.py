@@ -3,8 +3,8 @@ pair losses (flowrl/algorithms/dpo.py), and served to the trainer as each epoch'
 
 One line per pair: {"prompt": str, "image_a": path, "image_b": path, "preferred": "a" | "b"}, paths
 relative to the file and inside its folder (an absolute path or `../` out of it is refused unless
-allow_outside=True: algorithm.preference_allow_outside); images (.png/.jpg/...) are encoded with the policy's encode_images, .npy / .pt
-files are taken as the policy's samples (2-D points, latents). `diffusion_dpo` trains on them with
+allow_outside=True: algorithm.preference_allow_outside); images (.png/.jpg/...) are encoded with
+the policy's encode_images, .npy / .pt files are taken as the policy's samples (2-D points, latents). `diffusion_dpo` trains on them with
 algorithm.preference_file=PATH (flowrl/algorithms/dpo.py: file_batch).
 """
 from __future__ import annotations
