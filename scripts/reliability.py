@@ -14,8 +14,8 @@ Scenarios (all on tiny CPU runs, in a temporary folder; a private model cache):
   nan          --set train.lr=1e30: no checkpoint may hold non-finite weights, and the run must stop
                with a message naming the epoch and what went non-finite (or skip the bad steps and
                finish on finite weights)
-  two_writers  two `flowrl train` on one --output-dir at once: one must be refused (naming the
-               holder) and the log must hold one run's rows
+  two_writers  two `flowrl train` on one --output-dir at once: one must be refused naming the
+               holder's PID, and the log must hold one run's rows
   disk_full    --output-dir on a 192 KiB tmpfs (root; else RLIMIT_FSIZE): one `error:` line, exit 2, no
                half checkpoint, and --resume finishes once there is room
   read_only    --output-dir on a read-only file system: one `error:` line, exit 2
@@ -229,9 +229,12 @@ def scenario_two_writers(ctx: Ctx) -> Dict:
     rows = len(metrics(run_dir)) if (run_dir / "metrics.jsonl").exists() else 0
     expected = int([o for o in MOONS if o.startswith("num_epochs=")][-1].split("=")[1]) + 1
     refused = [e.strip().splitlines()[-1] for (_, e), p in zip(outs, procs) if p.returncode and e.strip()]
-    ok = codes[0] == 0 and codes[1] != 0 and rows == expected
+    holder = [p.pid for p in procs if p.returncode == 0]
+    names_holder = bool(refused and holder and str(holder[0]) in refused[0])
+    ok = codes[0] == 0 and codes[1] != 0 and rows == expected and names_holder
     return {"ok": ok, "detail": f"exit codes {codes}; metrics.jsonl rows {rows} (one run: {expected})"
-                                + (f"; refused with: {refused[0][:150]}" if refused else "")}
+                                + (f"; refused with: {refused[0][:150]}" if refused else "")
+                                + ("" if names_holder or not refused else " (does not name the holder's PID)")}
 
 
 def _mount(path: Path, options: str) -> bool:
