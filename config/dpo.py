@@ -32,7 +32,7 @@ def moons_dpo():
     c = _pairs(grpo.moons())
     c.algorithm = ml_collections.ConfigDict({"name": "diffusion_dpo", "beta": 100.0, "guidance": 1.0,
                                              "tie_margin": 0.5, "num_sigmas": 1, "pairs_from": "rollouts",
-                                             "preference_file": ""})
+                                             "preference_file": "", "preference_allow_outside": False})
     c.num_epochs = 60
     c.train.lr = 1e-3
     return c

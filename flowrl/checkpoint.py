@@ -31,14 +31,15 @@ import numpy as np
 import torch
 
 from flowrl.cache import atomic_save_safetensors
+from flowrl.errors import UserError
 from flowrl.tree_io import flatten_tree, merge_tree
 
 STATE_FILES = ("trainable.safetensors", "rng.safetensors", "state.json", "algorithm.safetensors",
                "algorithm.json")
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint is missing, incomplete, corrupt or does not fit (the CLI: one line, exit 2)."""
 
 
 def list_checkpoints(run_dir: Path) -> List[Tuple[int, Path]]:

@@ -1,8 +1,10 @@
 """The `flowrl` command (Typer). Heavy libraries are imported inside the commands."""
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 
@@ -15,11 +17,42 @@ app.add_typer(init_app, name="init")
 
 
 def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    """One line on stderr, `error: MSG` (newlines folded into '; '), and exit code 2."""
+    line = "; ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+    typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 
+def user_errors(*extra: type) -> Callable:
+    """Decorator for every command: a user error (flowrl.errors.UserError, incl. ConfigError and
+    CheckpointError; a missing file; a full / read-only disk; or one of `extra`) ends in one line
+    and exit 2; anything else keeps its traceback."""
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            from flowrl.errors import ENVIRONMENT_ERRNOS, UserError, environment_message
+            try:
+                return fn(*args, **kwargs)
+            except typer.Exit:
+                raise
+            except (UserError, FileNotFoundError, *extra) as e:
+                _fail(str(e))
+            except OSError as e:
+                if e.errno not in ENVIRONMENT_ERRNOS:
+                    raise
+                _fail(environment_message(e))
+        return wrapper
+    return deco
+
+
+def _say(msg: str) -> None:
+    """An info line from the main process only (RANK unset or 0 under accelerate launch)."""
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"[flowrl] {msg}")
+
+
 @app.command()
+@user_errors()
 def train(
     config: str = typer.Option(..., "--config", "-c", help="FILE.py:NAME; a bare FILE resolves in config/"),
     set_: List[str] = typer.Option([], "--set", help="override, e.g. --set train.lr=1e-4 (repeatable)"),
@@ -30,24 +63,19 @@ def train(
     seed: Optional[int] = typer.Option(None, help="overrides config.seed"),
 ):
     """Fine-tune a model: `flowrl train --config grpo.py:moons`."""
-    from flowrl.checkpoint import CheckpointError
-    from flowrl.config import ConfigError, load_config
+    from flowrl.config import load_config, resolve_config_path
+    from flowrl.rundir import check_output_dir
 
     overrides = list(set_) + ([f"seed={seed}"] if seed is not None else [])
-    try:
-        cfg = load_config(config, overrides)
-    except (ConfigError, FileNotFoundError) as e:
-        _fail(str(e))
     if (resume or resume_from) and output_dir is None:
         _fail("--resume needs --output-dir: the run dir to continue")
+    _say(f"config {resolve_config_path(config)}")
+    cfg = load_config(config, overrides)
     from flowrl.rundir import default_run_dir
     run_dir = output_dir or default_run_dir(config.partition(":")[2] or Path(config.partition(":")[0]).stem)
-    from flowrl.rewards.remote import RemoteRewardError
+    check_output_dir(run_dir)
     from flowrl.trainer import Trainer
-    try:
-        Trainer(cfg, run_dir, resume=resume, resume_from=resume_from).train()
-    except (ConfigError, CheckpointError, FileNotFoundError, RemoteRewardError) as e:
-        _fail(str(e))
+    Trainer(cfg, run_dir, resume=resume, resume_from=resume_from).train()
 
 
 @app.command("serve-reward")
@@ -77,6 +105,7 @@ def serve_reward(
 
 
 @app.command("eval-diversity")
+@user_errors(ValueError, ImportError)
 def eval_diversity(
     run_dir: Optional[Path] = typer.Argument(None, help="a run dir: the base model and every checkpoint"),
     samples: Optional[Path] = typer.Option(None, "--samples", help="an .npz with x: (N, D) or (N, 3, H, W)"),
@@ -93,22 +122,23 @@ def eval_diversity(
     reward: bool = typer.Option(True, "--reward/--no-reward", help="score with the run's reward"),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="checkpoints' EMA weights when saved"),
     batch_size: Optional[int] = typer.Option(None, help="per forward pass (default config.eval.batch_size)"),
+    max_samples: int = typer.Option(4096, "--max-samples", min=0,
+                                    help="Vendi / RKE kernels are N x N: score a fixed random subset of at most "
+                                         "this many samples (0 = all; 4096 take ~134 MB a matrix)"),
 ):
     """Vendi / RKE diversity, reward and entropy per checkpoint: `flowrl eval-diversity RUN_DIR`."""
-    from flowrl.checkpoint import CheckpointError
     from flowrl.diversity_eval import Settings, run_eval_diversity
     if (run_dir is None) == (samples is None):
         _fail("give either a RUN_DIR or --samples FILE.npz (not both)")
     settings = Settings(num_samples=num_samples, encoder=encoder, clip_path=clip_path, kernel=kernel,
                         bandwidth=bandwidth, entropy=entropy, num_probes=probes, entropy_steps=entropy_steps,
-                        entropy_samples=entropy_samples, reward=reward, use_ema=ema, batch_size=batch_size)
-    try:
-        run_eval_diversity(samples or run_dir, samples is not None, settings, output)
-    except (CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
-        _fail(str(e))
+                        entropy_samples=entropy_samples, reward=reward, use_ema=ema, batch_size=batch_size,
+                        max_samples=max_samples)
+    run_eval_diversity(samples or run_dir, samples is not None, settings, output)
 
 
 @visualize_app.command("checkpoints")
+@user_errors()
 def visualize_checkpoints(run_dir: Path = typer.Argument(..., help="a run dir written by flowrl train"),
                           out: Optional[Path] = typer.Option(None, help="folder for the PNGs (default RUN_DIR/plots)"),
                           compare: List[Path] = typer.Option([], "--compare", help="another run dir to compare (repeatable)")):
@@ -124,6 +154,7 @@ def visualize_checkpoints(run_dir: Path = typer.Argument(..., help="a run dir wr
 
 
 @init_app.command("tiny-sd3")
+@user_errors()
 def init_tiny_sd3(directory: Path = typer.Argument(..., help="folder to create (absent or empty)"),
                   seed: int = typer.Option(0, help="seed of the random weights")):
     """Write a tiny RANDOM StableDiffusion3Pipeline folder (~1 MB) for tests and smoke runs; use it with
@@ -135,6 +166,7 @@ def init_tiny_sd3(directory: Path = typer.Argument(..., help="folder to create (
 
 
 @init_app.command("tiny-t2i")
+@user_errors()
 def init_tiny_t2i(directory: Optional[Path] = typer.Argument(None, help="also copy the model here (absent or empty)"),
                   seed: int = typer.Option(0, help="seed of the data, weights and training"),
                   progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),

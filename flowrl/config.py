@@ -11,13 +11,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from flowrl.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config problem, with a message that says what to change."""
 
 
 def config_dirs() -> List[Path]:
-    """Where bare config file names are looked up: the repo's config/ folder, then ./config."""
+    """Where bare config file names are looked up: the project's config/ folder, then ./config."""
     return [Path(__file__).resolve().parent.parent / "config", Path.cwd() / "config"]
 
 
@@ -34,17 +36,31 @@ def sibling(file: str, name: str):
 
 
 def resolve_config_path(spec: str) -> str:
-    """'grpo.py:moons' -> '/repo/config/grpo.py:moons'. A path that exists is kept as it is."""
+    """'grpo.py:moons' -> '/repo/config/grpo.py:moons'.
+
+    A bare file name (no '/') is looked up in config_dirs() FIRST (the project's config/, then
+    ./config), and only then in the current folder, so a stray ./grpo.py never shadows the project's
+    config. A path with a folder (`./grpo.py`, `path/to/x.py`) loads exactly that file."""
     file, sep, name = spec.partition(":")
-    if Path(file).exists():
-        return spec
-    if "/" not in file:
-        for d in config_dirs():
-            if (d / file).exists():
-                return f"{d / file}{sep}{name}"
-    looked = ", ".join(str(d) for d in config_dirs())
-    raise ConfigError(f"config file {file!r} not found (looked here and in {looked}); pass a path "
+    bare = "/" not in file and "\\" not in file
+    candidates = [d / file for d in config_dirs()] + [Path(file)] if bare else [Path(file)]
+    for cand in candidates:
+        if cand.is_file():
+            return f"{cand.resolve()}{sep}{name}"
+    looked = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"config file {file!r} not found (looked for {looked}); pass a path "
                       f"or a file of the config/ folder, e.g. --config grpo.py:moons")
+
+
+def check_config_file(file: str) -> None:
+    """Compile the config file first, so a syntax error or non-UTF-8 text names FILE:LINE."""
+    from flowrl.errors import decode_utf8
+    text = decode_utf8(Path(file), "config file")
+    try:
+        compile(text, file, "exec")
+    except SyntaxError as e:
+        raise ConfigError(f"{e.filename}:{e.lineno}: syntax error in the config file ({e.msg}); fix that "
+                          f"line") from None
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()):
@@ -53,6 +69,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()):
     from ml_collections import config_flags
 
     path = resolve_config_path(spec)
+    check_config_file(path.partition(":")[0])
     argv = ["flowrl", f"--config={path}"] + [f"--config.{o}" for o in overrides]
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", default=None, flag_values=fv, lock_config=True,
@@ -62,7 +79,6 @@ def load_config(spec: str, overrides: Sequence[str] = ()):
             raise ConfigError(f"override {o!r} needs the form key=value, e.g. train.lr=1e-4")
     try:
         fv(argv)
-        return fv.config
     except flags.Error as e:
         msg = str(e).replace("--config.", "").replace("config.", "")
         raise ConfigError(f"bad override: {msg}") from None
@@ -71,10 +87,17 @@ def load_config(spec: str, overrides: Sequence[str] = ()):
         text = text.strip("'\"")
         if "has no experiment" in text:
             raise ConfigError(text) from None
+        if "has no attribute 'get_config" in text:
+            raise ConfigError(f"{path.partition(':')[0]} has no get_config(): a config file defines "
+                              f"get_config(name) returning an ml_collections.ConfigDict (see "
+                              f"config/grpo.py)") from None
         bad, _, hint = text.partition("\n")
         bad = bad.strip("'\"")
         where = next((o for o in overrides if bad in o.split("=")[0].split(".")), "")
         raise ConfigError(f"unknown config key {bad!r} in --set {where}. {hint}".strip()) from None
+    from flowrl.config_checks import check_values
+    check_values(fv.config, path, overrides)
+    return fv.config
 
 
 @dataclass

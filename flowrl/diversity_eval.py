@@ -21,7 +21,12 @@ from typing import Dict, List, Optional
 
 import torch
 
+from flowrl.errors import InputFileError
+
 KERNELS = ("auto", "gaussian", "cosine")
+# Vendi / RKE build N x N float64 kernels (and the median rule N^2 / 2 distances): 4096 samples take
+# ~134 MB a matrix; 50,000 would take 20 GB. Larger sets are scored on a fixed random subset.
+DEFAULT_MAX_SAMPLES = 4096
 
 
 @dataclass
@@ -39,6 +44,7 @@ class Settings:
     use_ema: bool = True                   # EMA weights of a checkpoint, when saved
     batch_size: Optional[int] = None       # per forward pass; None -> config.eval.batch_size
     progress: bool = True
+    max_samples: int = DEFAULT_MAX_SAMPLES  # kernels on at most this many samples (0 = all)
 
 
 # ---------------------------------------------------------------------------------------- scoring
@@ -61,11 +67,25 @@ def diversity_scores(features: torch.Tensor, kernel: str, bandwidth: float) -> D
     return {"vendi": float(vendi), "rke": float(rke_from_features(x, bandwidth=bandwidth))}
 
 
+def kernel_subset(features: torch.Tensor, max_samples: int) -> torch.Tensor:
+    """The rows (N, F) -> (min(N, max_samples), F) that the N x N kernels are built on: all of them if
+    N <= max_samples (or max_samples is 0), else a fixed random subset (seed 0, original order), so
+    every checkpoint of a run is scored on the same sample indices."""
+    n = features.shape[0]
+    if not max_samples or n <= max_samples:
+        return features
+    keep = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_samples].sort().values
+    return features[keep]
+
+
 def score_row(tag: str, step: Optional[int], features: torch.Tensor, rewards: Optional[torch.Tensor],
-              log_p: Optional[torch.Tensor], kernel: str, bandwidth: float) -> Dict:
-    """One table row: tag, step, num_samples, vendi, rke, reward_mean/std, entropy (+ stderr) or None."""
-    row = {"tag": tag, "step": step, "num_samples": int(features.shape[0]),
-           **diversity_scores(features, kernel, bandwidth), "reward_mean": None, "reward_std": None,
+              log_p: Optional[torch.Tensor], kernel: str, bandwidth: float,
+              max_samples: int = DEFAULT_MAX_SAMPLES) -> Dict:
+    """One table row: tag, step, num_samples, kernel_samples (Vendi / RKE's share, kernel_subset),
+    vendi, rke, reward_mean/std (all samples), entropy (+ stderr) or None."""
+    sub = kernel_subset(features, max_samples)
+    row = {"tag": tag, "step": step, "num_samples": int(features.shape[0]), "kernel_samples": int(sub.shape[0]),
+           **diversity_scores(sub, kernel, bandwidth), "reward_mean": None, "reward_std": None,
            "entropy": None, "entropy_stderr": None}
     if rewards is not None:
         row.update(reward_mean=float(rewards.float().mean()), reward_std=float(rewards.float().std()))
@@ -81,21 +101,28 @@ def load_samples_file(path: Path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"samples file {path} does not exist")
-    try:
-        data = np.load(path, allow_pickle=False)
-        keys = list(data.keys())
+    try:  # np.load is lazy: a truncated / corrupt member only fails when it is read
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.keys() if k in ("x", "reward")}
+            keys = list(data.keys())
     except Exception as e:
-        raise ValueError(f"{path} is not a readable .npz file ({type(e).__name__}: {e})") from None
+        raise InputFileError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); write it "
+                             f"again with np.savez(path, x=...)") from None
     if "x" not in keys:
-        raise ValueError(f"{path} has no key 'x' (keys: {keys}); save samples with np.savez(path, x=...)")
-    x = data["x"]
+        raise InputFileError(f"{path} has no key 'x' (keys: {keys}); save samples with np.savez(path, x=...)")
+    x = arrays["x"]
     if not (x.ndim == 2 or (x.ndim == 4 and x.shape[1] == 3)) or x.shape[0] < 2:
-        raise ValueError(f"{path}: 'x' must be (N, D) points or (N, 3, H, W) images with N >= 2; "
-                         f"got shape {x.shape}")
+        raise InputFileError(f"{path}: 'x' must be (N, D) points or (N, 3, H, W) images with N >= 2; "
+                             f"got shape {x.shape}")
     x = torch.from_numpy(x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else 1.0))
-    reward = torch.from_numpy(data["reward"].astype(np.float64)).reshape(-1) if "reward" in keys else None
+    reward = torch.from_numpy(arrays["reward"].astype(np.float64)).reshape(-1) if "reward" in keys else None
     if reward is not None and reward.numel() != x.shape[0]:
-        raise ValueError(f"{path}: 'reward' has {reward.numel()} values for {x.shape[0]} samples")
+        raise InputFileError(f"{path}: 'reward' has {reward.numel()} values for {x.shape[0]} samples")
+    for key, t in (("x", x), ("reward", reward)):
+        bad = 0 if t is None else int((~torch.isfinite(t)).sum())
+        if bad:
+            raise InputFileError(f"{path}: '{key}' holds {bad} NaN / inf value(s); drop those samples or "
+                                 f"fix them before scoring")
     return x, reward
 
 
@@ -110,8 +137,8 @@ def evaluate_samples(path: Path, settings: Settings) -> Dict:
     encoder = resolve_encoder(x, settings.encoder)
     feats = extract_features(x, encoder, settings.clip_path, batch_size=settings.batch_size or 64)
     kernel = resolve_kernel(settings.kernel, encoder)
-    bw = settings.bandwidth or median_bandwidth(feats.double())
-    row = score_row(Path(path).stem, None, feats, reward, None, kernel, bw)
+    bw = settings.bandwidth or median_bandwidth(kernel_subset(feats, settings.max_samples).double())
+    row = score_row(Path(path).stem, None, feats, reward, None, kernel, bw, settings.max_samples)
     meta = {**asdict(settings), "encoder": encoder, "kernel": kernel, "bandwidth": bw,
             "bandwidth_rule": "given" if settings.bandwidth else "median of these samples"}
     return {"source": str(path), "kind": "samples", "settings": meta, "rows": [row],
@@ -221,9 +248,10 @@ def evaluate_run(run_dir: Path, settings: Settings, state=None) -> Optional[Dict
             continue
         encoder = got["encoder"]
         kernel = resolve_kernel(settings.kernel, encoder)
-        bw = bw or median_bandwidth(got["features"].double())  # fixed by the base row
-        rows.append(score_row(tag, step, got["features"], got["rewards"] if reward is not None else None,
-                              got.get("log_p"), kernel, bw))
+        feats = got["features"]
+        bw = bw or median_bandwidth(kernel_subset(feats, settings.max_samples).double())  # the base row's
+        rows.append(score_row(tag, step, feats, got["rewards"] if reward is not None else None,
+                              got.get("log_p"), kernel, bw, settings.max_samples))
     if not state.is_main_process:
         return None
     meta = _run_meta(settings, encoder, kernel, bw, int(len(indices) * state.num_processes), state)
@@ -272,7 +300,7 @@ def print_table(report: Dict) -> None:
     s = report["settings"]
     table = Table(title=f"diversity of {report['source']}",
                   caption=f"{s['encoder']} features, {s['kernel']} kernel Vendi, Gaussian RKE, bandwidth "
-                          f"{s['bandwidth']:.4g} ({s['bandwidth_rule']})")
+                          f"{s['bandwidth']:.4g} ({s['bandwidth_rule']}); {kernel_note(report)}")
     for col in ("tag", "step", "N", "Vendi", "RKE", "reward", "entropy (nats)"):
         table.add_column(col, justify="left" if col == "tag" else "right")
     for r in report["rows"]:
@@ -280,6 +308,16 @@ def print_table(report: Dict) -> None:
         table.add_row(r["tag"], _fmt(r["step"], "d"), str(r["num_samples"]), _fmt(r["vendi"], ".3f"),
                       _fmt(r["rke"], ".3f"), _fmt(r["reward_mean"], ".4f"), ent or "-")
     Console(width=max(100, Console().width)).print(table)
+
+
+def kernel_note(report: Dict) -> str:
+    """Says whether Vendi / RKE saw every sample or a subset (--max-samples)."""
+    rows, m = report["rows"], report["settings"].get("max_samples")
+    cut = [r for r in rows if r.get("kernel_samples", r["num_samples"]) < r["num_samples"]]
+    if not cut:
+        return f"Vendi / RKE on all samples (--max-samples {m})"
+    return (f"Vendi / RKE on a fixed random subset of {cut[0]['kernel_samples']} of {cut[0]['num_samples']} "
+            f"samples (--max-samples {m}; 0 = all, O(N^2) memory); reward and entropy on all")
 
 
 def run_eval_diversity(target: Path, samples: bool, settings: Settings,
@@ -296,6 +334,7 @@ def run_eval_diversity(target: Path, samples: bool, settings: Settings,
         if report is None:
             return None
         print_table(report)
+        print(kernel_note(report), flush=True)
         path = write_json(report, output or default_output(target, samples))
         print(f"wrote {path} ({report['seconds']:.1f} s)", flush=True)
         return path

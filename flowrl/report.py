@@ -65,7 +65,7 @@ def _load_image_eval(folder: Path, step: int) -> Optional[EvalSet]:
     table = folder / "prompts.jsonl"
     if not table.exists():
         return None
-    rows = [json.loads(line) for line in table.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(table)
     rows = sorted((r for r in rows if (folder / r["image"]).exists()), key=lambda r: r["index"])
     if not rows:
         return None
@@ -153,7 +153,7 @@ def load_diversity(run_dir: Path, evals: Sequence[EvalSet]) -> Tuple[List[Dict],
     """(rows ordered by step, where they came from): diversity.json if present, else the evals."""
     path = Path(run_dir) / "diversity.json"
     if path.exists():
-        rows = json.loads(path.read_text()).get("rows", [])
+        rows = read_json(path).get("rows", [])
         return sorted(rows, key=lambda r: r.get("step") or 0), "diversity.json (flowrl eval-diversity)"
     src = "computed from eval/ samples (" + ("8x8 thumbnails" if evals and evals[0].kind == "images"
                                               else "raw coordinates") + ", Gaussian kernel, base bandwidth)"
@@ -161,11 +161,22 @@ def load_diversity(run_dir: Path, evals: Sequence[EvalSet]) -> Tuple[List[Dict],
 
 
 def read_jsonl(path: Path) -> List[Dict]:
-    """Rows of a JSON-lines file ([] when it does not exist). Here, not flowrl.rundir: no torch."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Rows of a run's JSON-lines file ([] when it does not exist). Here, not flowrl.rundir: no torch.
+    A last line cut off by a crash or a full disk is skipped with a warning; any other bad line is an
+    InputFileError naming PATH:LINE (flowrl.errors.read_jsonl)."""
+    from flowrl.errors import read_jsonl as read
+    return read(path, "run log", "delete that line (a run rewrites its log from the checkpoint on --resume)",
+                cut_last_ok=True)
+
+
+def read_json(path: Path) -> Dict:
+    """A JSON file's object; InputFileError naming it (and the fix) when it is not valid JSON."""
+    from flowrl.errors import InputFileError
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputFileError(f"{path}: not valid JSON ({e}); delete it (flowrl writes it again) or restore "
+                             f"it") from None
 
 
 def load_run_view(run_dir: Path) -> RunView:
@@ -177,7 +188,7 @@ def load_run_view(run_dir: Path) -> RunView:
     cfg_path = run_dir / "config.yaml"
     config = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = read_json(summary_path) if summary_path.exists() else {}
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     num_epochs = config.get("num_epochs") or max((r.get("epoch", 0) for r in metrics), default=0)
     evals = list_evals(run_dir, num_epochs)

@@ -135,9 +135,9 @@ class MetricsLog:
 
     def truncate_after(self, epoch: int) -> None:
         """On resume: drop lines written after the checkpoint, so the log matches an unbroken run."""
-        if self.enabled and self.path.exists():
-            keep = [l for l in self.path.read_text().splitlines() if l and json.loads(l)["epoch"] <= epoch]
-            atomic_write_text(self.path, "".join(l + "\n" for l in keep))
+        if self.enabled and self.path.exists():   # a cut-off last line (crash mid-append) is dropped
+            keep = [r for r in read_metrics(self.path.parent) if r.get("epoch", 0) <= epoch]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def write(self, row: Dict) -> None:
         if self.enabled:
@@ -149,5 +149,16 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: Path) -> List[Dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(l) for l in path.read_text().splitlines() if l] if path.exists() else []
+    """metrics.jsonl's rows; see flowrl.report.read_jsonl for a cut-off last line."""
+    from flowrl.report import read_jsonl
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """--output-dir must be a folder or not exist yet (nor any file along its path): ConfigError."""
+    run_dir = Path(run_dir)
+    for p in [run_dir, *run_dir.parents]:
+        if p.exists() and not p.is_dir():
+            what = "--output-dir" if p == run_dir else f"--output-dir {run_dir}: its parent"
+            raise ConfigError(f"{what} {p} is a file, not a folder; pass a folder path (a new one for a "
+                              f"new run)")

@@ -54,3 +54,29 @@ def test_unknown_experiment_and_file():
         load_config("grpo.py:nope")
     with pytest.raises(ConfigError, match="not found"):
         load_config("nope.py:moons")
+
+
+def test_bare_names_resolve_in_the_project_config_folder_first(tmp_path, monkeypatch):
+    """A grpo.py in the current folder never shadows config/grpo.py; ./grpo.py loads it on purpose;
+    a bare name that only exists here still loads from here."""
+    from flowrl.config import resolve_config_path
+    project = config_dirs()[0]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grpo.py").write_text("raise SystemExit('untrusted code ran')\n")
+    (tmp_path / "mine.py").write_text("from flowrl.config import sibling\n")
+    assert resolve_config_path("grpo.py:moons") == f"{project / 'grpo.py'}:moons"
+    assert load_config("grpo.py:moons").num_epochs == 30          # the project's file, not this one
+    assert resolve_config_path("./grpo.py:moons") == f"{tmp_path / 'grpo.py'}:moons"
+    assert resolve_config_path(f"{tmp_path}/grpo.py:moons") == f"{tmp_path / 'grpo.py'}:moons"
+    assert resolve_config_path("mine.py:x") == f"{tmp_path / 'mine.py'}:x"
+
+
+def test_train_prints_the_config_file_it_loaded(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flowrl.cli import app
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grpo.py").write_text("X = 1\n")
+    res = CliRunner().invoke(app, ["train", "--config", "grpo.py:moons", "--set", "num_epochs=0"])
+    assert f"config {config_dirs()[0] / 'grpo.py'}:moons" in res.stdout
+    assert res.exit_code == 2 and "num_epochs=0" in res.stderr

@@ -154,3 +154,23 @@ def test_two_processes_write_once_and_match_one(tiny_run, tmp_path):
     for a, b in zip(one["rows"], two["rows"]):
         for k in ("vendi", "rke", "reward_mean", "entropy"):
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
+
+
+def test_max_samples_scores_a_fixed_subset_and_says_so(tmp_path):
+    """3 tight clusters of 100 points: Vendi / RKE on a 60-point subset still count 3 modes; the
+    subset is the same on every call; the JSON and the output say how many samples the kernels saw."""
+    from flowrl.diversity_eval import kernel_subset
+    f = tmp_path / "big.npz"
+    np.savez(f, x=_clusters(3, per=100))
+    res = invoke("--samples", f, "--bandwidth", 1.0, "--max-samples", 60)
+    assert res.exit_code == 0, res.output
+    assert "fixed random subset of 60 of 300 samples" in res.output
+    (row,) = json.loads((tmp_path / "big_diversity.json").read_text())["rows"]
+    assert row["num_samples"] == 300 and row["kernel_samples"] == 60
+    assert row["vendi"] == pytest.approx(3.0, abs=0.05) and row["rke"] == pytest.approx(3.0, abs=0.05)
+    x = torch.arange(1000.0).view(-1, 1)
+    a, b = kernel_subset(x, 100), kernel_subset(x, 100)
+    assert torch.equal(a, b) and a.shape == (100, 1) and len(a.unique()) == 100
+    assert torch.equal(kernel_subset(x, 0), x) and torch.equal(kernel_subset(x, 1000), x)
+    res = invoke("--samples", f, "--bandwidth", 1.0, "--max-samples", 0)
+    assert "Vendi / RKE on all samples" in res.output

@@ -202,13 +202,15 @@ class DiffusionDPO(_PairAlgorithm):
     sampled with the SDE (sample.noise_level) so that two samples from one initial noise differ, or,
     with pairs_from="file" and preference_file=PATH, read from people's labels (flowrl/algorithms/preferences.py): each
     epoch then trains on sample.batch_size x num_batches_per_epoch / 2 labelled pairs per process and
-    samples nothing; the configured reward only scores the evaluations (pairs_from="file")."""
+    samples nothing; the configured reward only scores the evaluations (pairs_from="file").
+    preference_allow_outside: let the file's image paths leave its folder (absolute or ../ paths)."""
 
     sampling = "sde"
     name = "diffusion_dpo"
 
     def __init__(self, beta: float = 100.0, guidance: float = 1.0, tie_margin: float = 0.0,
-                 num_sigmas: int = 1, pairs_from: str = "rollouts", preference_file: str = ""):
+                 num_sigmas: int = 1, pairs_from: str = "rollouts", preference_file: str = "",
+                 preference_allow_outside: bool = False):
         if beta <= 0 or tie_margin < 0 or num_sigmas < 1:
             raise ValueError(f"algorithm diffusion_dpo: need beta > 0, tie_margin >= 0, num_sigmas >= 1 "
                              f"(got beta={beta}, tie_margin={tie_margin}, num_sigmas={num_sigmas})")
@@ -219,7 +221,8 @@ class DiffusionDPO(_PairAlgorithm):
                               f"{preference_file!r}; use pairs_from='rollouts' (reward-ranked samples) or "
                               f"pairs_from='file' with --set algorithm.preference_file=PATH.jsonl")
         # people's labels instead of rollouts; read (and every image checked) before any model loads
-        self.pairs = load_preference_file(preference_file) if preference_file else None
+        self.pairs = (load_preference_file(preference_file, allow_outside=preference_allow_outside)
+                      if preference_file else None)
 
     def collect(self, policy, epoch: int, rank: int, world_size: int, num_samples: int):
         """With a preference file: this rank's num_samples / 2 labelled pairs of the epoch."""

@@ -2,8 +2,9 @@
 pair losses (flowrl/algorithms/dpo.py), and served to the trainer as each epoch's pairs.
 
 One line per pair: {"prompt": str, "image_a": path, "image_b": path, "preferred": "a" | "b"}, paths
-relative to the file; images (.png/.jpg/...) are encoded with the policy's encode_images, .npy / .pt
-files are taken as the policy's samples (2-D points, latents). `diffusion_dpo` trains on them with
+relative to the file and inside its folder (an absolute path or `../` out of it is refused unless
+allow_outside=True: algorithm.preference_allow_outside); images (.png/.jpg/...) are encoded with
+the policy's encode_images, .npy / .pt files are taken as the policy's samples (2-D points, latents). `diffusion_dpo` trains on them with
 algorithm.preference_file=PATH (flowrl/algorithms/dpo.py: file_batch).
 """
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
+
+from flowrl.errors import InputFileError, decode_utf8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TENSOR_SUFFIXES = (".npy", ".pt")
@@ -32,58 +35,112 @@ def _parse_line(text: str, where: str) -> dict:
     try:
         row = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+        raise InputFileError(f"{where}: not valid JSON ({e.msg}); fix that line") from None
     keys = ("prompt", "image_a", "image_b", "preferred")
     missing = [k for k in keys if k not in row] if isinstance(row, dict) else list(keys)
     if missing:
-        raise ValueError(f"{where}: needs the keys prompt, image_a, image_b, preferred; missing {missing}")
+        raise InputFileError(f"{where}: needs the keys prompt, image_a, image_b, preferred; missing "
+                             f"{missing}; add them to that line")
     if row["preferred"] not in ("a", "b"):
-        raise ValueError(f"{where}: preferred must be \"a\" or \"b\", got {row['preferred']!r}")
+        raise InputFileError(f"{where}: preferred must be \"a\" or \"b\", got {row['preferred']!r}; "
+                             f"fix that line")
     return row
 
 
-def load_preference_file(path) -> List[PreferencePair]:
+def _sample_path(folder: Path, value, key: str, where: str, allow_outside: bool) -> Path:
+    """The file `value` of `key` (relative to `folder`), checked to exist and to stay inside it."""
+    f = (folder / str(value)).resolve()
+    if not allow_outside and not f.is_relative_to(folder.resolve()):
+        raise InputFileError(f"{where}: {key} {value!r} points outside the preference file's folder "
+                             f"{folder.resolve()} (to {f}); move the file inside that folder, or set "
+                             f"algorithm.preference_allow_outside=True if you trust this file")
+    if not f.is_file():
+        raise FileNotFoundError(f"{where}: {key} {value!r} not found (looked for {f})")
+    return f
+
+
+def load_preference_file(path, allow_outside: bool = False) -> List[PreferencePair]:
     """Read `{"prompt", "image_a", "image_b", "preferred": "a"|"b"}` per line (image paths relative to
-    the file). Every image must exist: FileNotFoundError names the file, the line and the key."""
+    the file, inside its folder unless allow_outside). Every image must exist (FileNotFoundError
+    names the file, the line and the key) and all samples must have one size and finite values
+    (InputFileError): checked here, before any model loads."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"preference file {str(path)!r} not found")
     pairs = []
-    for n, text in enumerate(path.read_text().splitlines(), start=1):
+    for n, text in enumerate(decode_utf8(path, "preference file").splitlines(), start=1):
         if not text.strip():
             continue
         where = f"{path}:{n}"
         row = _parse_line(text, where)
-        files = {}
-        for key in ("image_a", "image_b"):
-            f = (path.parent / str(row[key])).resolve()
-            if not f.is_file():
-                raise FileNotFoundError(f"{where}: {key} {row[key]!r} not found (looked for {f})")
-            files[key[-1]] = f
+        files = {key[-1]: _sample_path(path.parent, row[key], key, where, allow_outside)
+                 for key in ("image_a", "image_b")}
         other = "b" if row["preferred"] == "a" else "a"
         pairs.append(PreferencePair(str(row["prompt"]), files[row["preferred"]], files[other], n))
     if not pairs:
-        raise ValueError(f"preference file {path} holds no pairs")
+        raise InputFileError(f"preference file {path} holds no pairs; add one JSON line per pair")
+    check_sample_sizes(pairs, path)
     return pairs
+
+
+def _sample_size(f: Path) -> Tuple:
+    """An image's (width, height) from its header; a tensor file's shape (values checked finite)."""
+    if f.suffix.lower() in IMAGE_SUFFIXES:
+        from PIL import Image
+        with Image.open(f) as im:
+            return ("image", *im.size)
+    return ("tensor", *read_sample(f).shape)
+
+
+def check_sample_sizes(pairs: Sequence[PreferencePair], path: Path) -> None:
+    """Every image / tensor of the file has the size of the first one: InputFileError otherwise."""
+    seen: Dict[Path, Tuple] = {}
+    first = None
+    for p in pairs:
+        for f in (p.winner, p.loser):
+            if f not in seen:
+                seen[f] = _sample_size(f)
+            if first is None:
+                first = (f, seen[f])
+            elif seen[f] != first[1]:
+                raise InputFileError(f"{path}:{p.line}: {f.name} is {_describe(seen[f])} but {first[0].name} "
+                                     f"is {_describe(first[1])}; give every sample one size (resize the images)")
+
+
+def _describe(size: Tuple) -> str:
+    kind, *dims = size
+    return f"a {dims[0]}x{dims[1]} image" if kind == "image" else f"a tensor of shape {tuple(dims)}"
 
 
 def read_sample(path: Path, channels: int = 3) -> torch.Tensor:
     """An image file -> (C, H, W) float in [0, 1] (C = 1: grayscale, else RGB); a .npy / .pt file ->
     its tensor as it is (a 2-D point, or a latent)."""
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        import numpy as np
-        return torch.from_numpy(np.load(path)).float()
-    if suffix == ".pt":
-        return torch.as_tensor(torch.load(path, map_location="cpu", weights_only=True)).float()
+    if suffix in TENSOR_SUFFIXES:
+        t = _read_tensor(path)
+        if not bool(torch.isfinite(t).all()):
+            raise InputFileError(f"{path}: {int((~torch.isfinite(t)).sum())} NaN / inf value(s); replace the "
+                                 f"file with finite values")
+        return t
     if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path}: unsupported sample file; use one of {IMAGE_SUFFIXES + TENSOR_SUFFIXES}")
+        raise InputFileError(f"{path}: unsupported sample file; use one of {IMAGE_SUFFIXES + TENSOR_SUFFIXES}")
     import numpy as np
     from PIL import Image
     with Image.open(path) as im:
         arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
     t = torch.from_numpy(arr)
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+
+
+def _read_tensor(path: Path) -> torch.Tensor:
+    try:
+        if path.suffix.lower() == ".npy":
+            import numpy as np
+            return torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        return torch.as_tensor(torch.load(path, map_location="cpu", weights_only=True)).float()
+    except Exception as e:  # truncated / not a tensor file: say which file
+        raise InputFileError(f"{path}: not a readable {path.suffix} tensor file ({type(e).__name__}: {e}); "
+                             f"save it again with np.save / torch.save") from None
 
 
 def to_latents(policy, samples: Sequence[torch.Tensor], files: Sequence[Path]) -> torch.Tensor:

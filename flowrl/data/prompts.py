@@ -2,10 +2,11 @@
 small sets shipped in flowrl/data/prompts/, or "" for an unconditional model (one empty prompt)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List
+
+from flowrl.errors import InputFileError, decode_utf8, read_jsonl
 
 SHIPPED = Path(__file__).parent / "prompts"
 
@@ -20,6 +21,14 @@ class PromptSet:
             self.metadata = [{} for _ in self.prompts]
         if not self.prompts:
             raise ValueError("prompt set is empty")
+
+    @classmethod
+    def checked(cls, path: Path, prompts: List[str]) -> "PromptSet":
+        """A PromptSet from `path`'s prompts; InputFileError naming the file if there are none."""
+        if not prompts:
+            raise InputFileError(f"prompt file {path} holds no prompts (every line is empty); put one "
+                                 f"prompt per line, or set prompts.dataset=\"\" for an unconditional model")
+        return cls(list(prompts))
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -40,10 +49,13 @@ def load_prompts(spec: str) -> PromptSet:
             raise FileNotFoundError(f"prompt dataset {spec!r} not found: give a .txt/.jsonl path or one of "
                                     f"the shipped sets {names}")
     if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(path, "prompt file", 'fix that line: {"prompt": "...", ...}')
         bad = [i for i, r in enumerate(rows) if "prompt" not in r]
         if bad:
-            raise ValueError(f"{path}: lines {bad[:5]} have no 'prompt' field")
-        return PromptSet([r["prompt"] for r in rows], [{k: v for k, v in r.items() if k != "prompt"}
-                                                        for r in rows])
-    return PromptSet([line.strip() for line in path.read_text().splitlines() if line.strip()])
+            raise InputFileError(f"{path}: rows {bad[:5]} (0-based, blank lines skipped) have no 'prompt' "
+                                 f"field; give every line a \"prompt\"")
+        prompts = PromptSet.checked(path, [r["prompt"] for r in rows])
+        prompts.metadata = [{k: v for k, v in r.items() if k != "prompt"} for r in rows]
+        return prompts
+    text = decode_utf8(path, "prompt file")
+    return PromptSet.checked(path, [line.strip() for line in text.splitlines() if line.strip()])

@@ -76,8 +76,19 @@ def target_text(prompt: str, meta: Optional[dict]) -> str:
                      f"double quotes in the prompt or give metadata['text'] (e.g. an OCR prompt set)")
 
 
+def quiet_onnxruntime():
+    """Import onnxruntime with its telemetry off: ORT_DISABLE_TELEMETRY=1 before the import (the full
+    opt-out; `import flowrl` sets it too) and disable_telemetry_events() after. Returns the module."""
+    import os
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
+    onnxruntime.disable_telemetry_events()
+    return onnxruntime
+
+
 def _make_engine(text_score: float, use_cls: bool, engine_options: Optional[dict]):
     try:
+        quiet_onnxruntime()
         from rapidocr_onnxruntime import RapidOCR
     except ImportError as e:
         raise ImportError("the ocr reward needs RapidOCR: pip install rapidocr-onnxruntime") from e

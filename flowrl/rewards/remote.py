@@ -27,11 +27,12 @@ from typing import List, Sequence
 
 import torch
 
+from flowrl.errors import UserError
 from flowrl.registry import REWARDS
 from flowrl.serve import reward_protocol as wire
 
 
-class RemoteRewardError(RuntimeError):
+class RemoteRewardError(UserError, RuntimeError):
     """The reward server could not score a batch; the message names the URL and the last error."""
 
 

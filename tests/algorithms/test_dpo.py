@@ -214,3 +214,35 @@ def test_epoch_pairs_walk_the_file_once_per_pass_and_ranks_are_disjoint():
     assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
     assert not torch.equal(seen[:10], seen[10:])            # a fresh permutation each pass
     assert torch.equal(epoch_pairs(10, 2, 3, 1, 2, seed=0), epoch_pairs(10, 2, 3, 1, 2, seed=0))
+
+
+def test_preference_paths_must_stay_in_the_file_folder(tmp_path):
+    """../, absolute paths and symlinks out of the folder are refused unless allowed."""
+    (tmp_path / "prefs").mkdir()
+    np.save(tmp_path / "prefs" / "a.npy", np.zeros(2, np.float32))
+    np.save(tmp_path / "outside.npy", np.ones(2, np.float32))
+    (tmp_path / "prefs" / "link.npy").symlink_to(tmp_path / "outside.npy")
+    row = {"prompt": "", "image_a": "a.npy", "preferred": "a"}
+    for image_b in ("../outside.npy", str(tmp_path / "outside.npy"), "link.npy", "../../../../etc/passwd"):
+        path = _write_pairs(tmp_path, [{**row, "image_b": image_b}])
+        with pytest.raises(ValueError, match=r"pairs.jsonl:1: image_b .* points outside .*preference_allow_outside"):
+            load_preference_file(path)
+    path = _write_pairs(tmp_path, [{**row, "image_b": "../outside.npy"}])
+    (pair,) = load_preference_file(path, allow_outside=True)
+    assert pair.loser == (tmp_path / "outside.npy").resolve()
+    algo = ALGORITHMS.build("diffusion_dpo", pairs_from="file", preference_file=str(path),
+                            preference_allow_outside=True)
+    assert len(algo.pairs) == 1
+
+
+def test_preference_samples_of_two_shapes_or_with_nan_are_refused_on_load(tmp_path):
+    (tmp_path / "prefs").mkdir()
+    np.save(tmp_path / "prefs" / "a.npy", np.zeros(2, np.float32))
+    np.save(tmp_path / "prefs" / "b.npy", np.zeros(3, np.float32))
+    np.save(tmp_path / "prefs" / "n.npy", np.array([0.0, np.inf], np.float32))
+    path = _write_pairs(tmp_path, [{"prompt": "", "image_a": "a.npy", "image_b": "b.npy", "preferred": "a"}])
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1: b.npy is a tensor of shape \(3,\) but a.npy"):
+        load_preference_file(path)
+    path = _write_pairs(tmp_path, [{"prompt": "", "image_a": "a.npy", "image_b": "n.npy", "preferred": "a"}])
+    with pytest.raises(ValueError, match=r"n.npy: 1 NaN / inf"):
+        load_preference_file(path)

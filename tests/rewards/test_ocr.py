@@ -70,3 +70,30 @@ def test_rendered_word(ocr):
 def test_metadata_target_overrides_prompt(ocr):
     scores = ocr(render("Reward"), ["no quotes"], [{"text": "reward"}])
     assert scores[0] >= 0.8
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])
+def test_import_flowrl_turns_onnxruntime_telemetry_off_before_it_loads(preset, expected):
+    """ORT_DISABLE_TELEMETRY=1 (onnxruntime's full opt-out, read when it initialises) is set by
+    `import flowrl` unless the user set it; it is inherited by child processes."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    if preset is not None:
+        env["ORT_DISABLE_TELEMETRY"] = preset
+    code = ("import os, subprocess, sys, flowrl; print(os.environ.get('ORT_DISABLE_TELEMETRY')); "
+            "print(subprocess.run([sys.executable, '-c', 'import os; print(os.environ.get(\"ORT_DISABLE_TELEMETRY\"))'],"
+            " capture_output=True, text=True).stdout.strip())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.split() == [expected, expected], out.stderr
+
+
+def test_quiet_onnxruntime_disables_telemetry_events(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    from flowrl.rewards.ocr import quiet_onnxruntime
+    calls = []
+    monkeypatch.setattr(onnxruntime, "disable_telemetry_events", lambda: calls.append(1))
+    assert quiet_onnxruntime() is onnxruntime and calls == [1]
