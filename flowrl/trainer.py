@@ -79,6 +79,7 @@ class Trainer:
             self.reward = build_reward(c.reward.weights.to_dict(), c.reward.options.to_dict(), acc.device,
                                        tuple(c.reward.metrics))
         self.algorithm.setup(self.policy, self.reward)
+        self.algorithm.bind_run_dir(self.run_dir)
         self.prompts = load_prompts(c.prompts.dataset)
         self.test_prompts = load_prompts(c.prompts.test_dataset or c.prompts.dataset)
         self._build_optimizer()

@@ -3,7 +3,10 @@ pair losses (flowrl/algorithms/dpo.py), and served to the trainer as each epoch'
 
 One line per pair: {"prompt": str, "image_a": path, "image_b": path, "preferred": "a" | "b"}, paths
 relative to the file; images (.png/.jpg/...) are encoded with the policy's encode_images, .npy / .pt
-files are taken as the policy's samples (2-D points, latents). `diffusion_dpo` trains on them with
+files are taken as the policy's samples (2-D points, latents). Files written by `flowrl annotate`
+(flowrl/serve/label_store.py) add pair_id, annotator, time, shown_order and may say "preferred":
+"tie" | "skip" (such lines are left out) and "sample_a" / "sample_b" (the exact samples behind the
+pictures, .pt/.npy: trained on instead of re-encoding the images). `diffusion_dpo` trains on them with
 algorithm.preference_file=PATH (flowrl/algorithms/dpo.py: file_batch).
 """
 from __future__ import annotations
@@ -37,8 +40,9 @@ def _parse_line(text: str, where: str) -> dict:
     missing = [k for k in keys if k not in row] if isinstance(row, dict) else list(keys)
     if missing:
         raise ValueError(f"{where}: needs the keys prompt, image_a, image_b, preferred; missing {missing}")
-    if row["preferred"] not in ("a", "b"):
-        raise ValueError(f"{where}: preferred must be \"a\" or \"b\", got {row['preferred']!r}")
+    if row["preferred"] not in ("a", "b", "tie", "skip"):
+        raise ValueError(f"{where}: preferred must be \"a\" or \"b\" (or \"tie\" / \"skip\": left out), "
+                         f"got {row['preferred']!r}")
     return row
 
 
@@ -54,8 +58,11 @@ def load_preference_file(path) -> List[PreferencePair]:
             continue
         where = f"{path}:{n}"
         row = _parse_line(text, where)
+        if row["preferred"] not in ("a", "b"):      # ties and skips carry no preference
+            continue
         files = {}
         for key in ("image_a", "image_b"):
+            key = f"sample_{key[-1]}" if f"sample_{key[-1]}" in row else key
             f = (path.parent / str(row[key])).resolve()
             if not f.is_file():
                 raise FileNotFoundError(f"{where}: {key} {row[key]!r} not found (looked for {f})")
@@ -63,7 +70,7 @@ def load_preference_file(path) -> List[PreferencePair]:
         other = "b" if row["preferred"] == "a" else "a"
         pairs.append(PreferencePair(str(row["prompt"]), files[row["preferred"]], files[other], n))
     if not pairs:
-        raise ValueError(f"preference file {path} holds no pairs")
+        raise ValueError(f"preference file {path} holds no pairs preferring a or b")
     return pairs
 
 

@@ -1,0 +1,1 @@
+"""Local web servers (FastAPI + uvicorn, imported inside the functions that start them)."""
