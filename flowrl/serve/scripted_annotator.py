@@ -47,17 +47,19 @@ class ScriptedAnnotator(threading.Thread):
     """Labels every pair it is given through the HTTP API until stop() (bounded by max_seconds)."""
 
     def __init__(self, url: str, folder: Path, scorer: Scorer, name: str = "bot", tie_margin: float = 0.0,
-                 poll_s: float = 0.2, max_seconds: float = 600.0):
+                 poll_s: float = 0.2, max_seconds: float = 600.0, max_labels: int = 0):
         super().__init__(daemon=True)
         self.url, self.folder, self.scorer, self.who = url.rstrip("/"), Path(folder), scorer, name
         self.tie_margin, self.poll_s, self.max_seconds = tie_margin, poll_s, max_seconds
+        self.max_labels = max_labels          # stop after this many labels (0: never)
         self.stopped, self.labelled, self.errors = threading.Event(), 0, []
 
     def run(self) -> None:
         import httpx
         end = time.time() + self.max_seconds
         with httpx.Client(timeout=10) as client:
-            while not self.stopped.is_set() and time.time() < end:
+            while not self.stopped.is_set() and time.time() < end and not (
+                    self.max_labels and self.labelled >= self.max_labels):
                 try:
                     self._one(client)
                 except Exception as e:   # noqa: BLE001  (server starting / restarting: try again)
