@@ -6,6 +6,7 @@ Serves PAIR_FOLDER with a throw-away label file (nothing is labelled), sets the 
 a palette PNG of the page.
 """
 import io
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ def main(folder: str, out: str) -> None:
     import httpx
     from PIL import Image
     from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -33,9 +35,10 @@ def main(folder: str, out: str) -> None:
             except httpx.HTTPError:
                 time.sleep(0.1)
         opts = webdriver.ChromeOptions()
-        for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=900,560"):
+        opts.binary_location = shutil.which("chromium") or shutil.which("chromium-browser")
+        for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=900,700"):
             opts.add_argument(a)
-        browser = webdriver.Chrome(options=opts)
+        browser = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
         browser.get(url)
         browser.find_element(By.ID, "annotator").send_keys("alice", Keys.ENTER)
         WebDriverWait(browser, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-pair"))
