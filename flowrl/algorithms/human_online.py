@@ -133,7 +133,10 @@ class HumanOnlineDPO(DiffusionDPO):
         if self.server is None and self.port:
             from flowrl.serve.annotate_app import BackgroundServer
             from flowrl.serve.label_store import LabelStore
-            self.server = BackgroundServer(LabelStore(folder, overlap=self.overlap), self.port)
+            try:
+                self.server = BackgroundServer(LabelStore(folder, overlap=self.overlap), self.port)
+            except OSError as e:
+                raise ConfigError(str(e)) from None
             print(f"[flowrl] label the pairs at {self.server.url}/", flush=True)
 
     def _wait(self, folder: Path, ids: List[str]) -> List[dict]:

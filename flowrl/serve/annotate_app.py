@@ -13,6 +13,7 @@ progress = {"done": this annotator's labels, "left": pairs still open to them, "
 """
 
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -112,6 +113,14 @@ class BackgroundServer:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         self.url = f"http://{host}:{port}"
+        for _ in range(300):                      # up within 30 s, or say why not
+            if self.server.started:
+                return
+            if not self.thread.is_alive():
+                break
+            time.sleep(0.1)
+        raise OSError(f"the annotation server could not listen on {host}:{port} (port in use?); "
+                      f"set another algorithm.port")
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -70,3 +70,19 @@ def test_online_labels_raise_the_moons_reward_and_survive_sigkill_and_resume(tmp
     assert early <= frozen                                    # the pre-kill labels trained epoch 1
     summary = json.loads((run / "summary.json").read_text())
     assert summary["reward_after"] > summary["reward_before"] + 0.2, summary
+
+
+def test_a_busy_port_fails_naming_the_option(tmp_path):
+    import socket
+
+    import pytest
+
+    from flowrl.algorithms.human_online import HumanOnlineDPO
+    from flowrl.config import ConfigError
+    (tmp_path / "pairs.jsonl").write_text("")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        algo = HumanOnlineDPO(port=s.getsockname()[1])
+        with pytest.raises(ConfigError, match="algorithm.port"):
+            algo._serve(tmp_path)
