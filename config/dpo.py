@@ -63,7 +63,7 @@ def human_online():
         "name": "diffusion_dpo_human", "beta": 100.0, "guidance": 1.0, "num_sigmas": 1, "prompts": "",
         "pairs_per_epoch": 0, "min_labels": 0, "timeout_s": 600.0, "poll_s": 0.5, "port": 8765,
         "overlap": 0.0, "num_steps": 20, "sample_guidance": 1.0, "online_dir": "", "seed": 0,
-        "tie_margin": 0.0})
+        "tie_margin": 0.0, "replay": False})
     c.sample.batch_size = 64                 # 32 pairs per epoch: a few minutes of a person's time
     c.sample.num_batches_per_epoch = 1
     c.train.batch_size = 64

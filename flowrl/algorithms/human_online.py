@@ -9,7 +9,7 @@ Per epoch e (files in the pool folder, so kill / --resume loses nothing):
   2. wait until min_labels of them have an a/b label, or every one is answered, or timeout_s;
   3. freeze: epoch_<e>.labels.jsonl (written atomically by the main process) lists the labels this
      epoch trains on; every process reads it, a resumed epoch trains on the same labels.
-With no a/b label at all the epoch trains on the labels of earlier epochs (or, with none, on nothing:
+With replay=True, or with no a/b label this epoch, it trains on every label so far (or, with none, on nothing:
 zero weights). Labels: RUN_DIR/human/labels.jsonl, which `dpo.py:human` also reads as it is.
 """
 from __future__ import annotations
@@ -52,14 +52,15 @@ class HumanOnlineDPO(DiffusionDPO):
     labels to wait for; 0: pairs_per_epoch), timeout_s (longest wait per epoch), poll_s, port (serve
     the page from the trainer on 127.0.0.1:port; 0: run `flowrl annotate serve RUN_DIR/human`),
     overlap (fraction of pairs for two annotators), num_steps / sample_guidance (ODE sampling of the
-    pairs), online_dir ("" = RUN_DIR/human), seed."""
+    pairs), online_dir ("" = RUN_DIR/human), seed, replay (train on every a/b label so far, not
+    only this epoch's: more data per step, the labels of earlier policies included)."""
 
     name = "diffusion_dpo_human"
 
     def __init__(self, beta: float = 100.0, guidance: float = 1.0, num_sigmas: int = 1, prompts: str = "",
                  pairs_per_epoch: int = 0, min_labels: int = 0, timeout_s: float = 600.0, poll_s: float = 0.5,
                  port: int = 8765, overlap: float = 0.0, num_steps: int = 20, sample_guidance: float = 1.0,
-                 online_dir: str = "", seed: int = 0, tie_margin: float = 0.0):
+                 online_dir: str = "", seed: int = 0, tie_margin: float = 0.0, replay: bool = False):
         super().__init__(beta=beta, guidance=guidance, tie_margin=tie_margin, num_sigmas=num_sigmas)
         if pairs_per_epoch < 0 or min_labels < 0 or timeout_s < 0 or poll_s <= 0 or num_steps < 1:
             raise ConfigError(f"algorithm {self.name}: need pairs_per_epoch, min_labels, timeout_s >= 0, "
@@ -67,6 +68,7 @@ class HumanOnlineDPO(DiffusionDPO):
         self.prompt_spec, self.pairs_per_epoch, self.min_labels = prompts, pairs_per_epoch, min_labels
         self.timeout_s, self.poll_s, self.port, self.overlap = timeout_s, poll_s, port, overlap
         self.num_steps, self.sample_guidance, self.seed = num_steps, sample_guidance, seed
+        self.replay = replay
         self.online_dir = Path(online_dir) if online_dir else None
         self.pairs = "online"                  # not rollout pairs: prepare() skips the same-noise check
         self.server = None
@@ -84,9 +86,9 @@ class HumanOnlineDPO(DiffusionDPO):
             ids = self._publish(policy, folder, epoch, self.pairs_per_epoch or num_samples // 2 * world_size)
             self._serve(folder)
             rows = self._wait(folder, ids)
-            if not rows:                             # nobody labelled: earlier epochs' labels
-                rows = decided(read_jsonl(folder / "labels.jsonl"),
-                               {r.get("pair_id") for r in read_jsonl(folder / "labels.jsonl")})
+            if self.replay or not rows:              # every a/b label so far (none now: earlier ones)
+                every = read_jsonl(folder / "labels.jsonl")
+                rows = decided(every, {r.get("pair_id") for r in every})
             atomic_rewrite(frozen, rows)
         while not frozen.exists():                   # other processes: the main one freezes
             time.sleep(self.poll_s)
