@@ -37,11 +37,12 @@ def main() -> None:
     summary = trainer.train()
     bot.stop()
     rows = [json.loads(x) for x in (args.run_dir / "metrics.jsonl").read_text().splitlines()]
-    labels = sum(r.get("human_labels", 0) for r in rows)
+    every = [json.loads(x) for x in (args.run_dir / "human" / "labels.jsonl").read_text().splitlines()]
+    labels = sum(r["preferred"] in ("a", "b") for r in every)
     waits = sum(r.get("human_wait_s", 0) for r in rows)
     print(f"{args.config}: {args.epochs} epochs, wall {time.time() - t0:.0f} s (labelling waits {waits:.0f} s)")
     print(f"held-out reward {summary['reward_before']:.3f} -> {summary['reward_after']:.3f}; "
-          f"{bot.labelled} pairs labelled by the scripted annotator, {labels:.0f} a/b labels trained on")
+          f"{bot.labelled} pairs labelled by the scripted annotator, {labels} of them a or b (the rest ties)")
     accs = [r["eval_scene_accuracy"] for r in rows if "eval_scene_accuracy" in r]
     if len(accs) >= 2:
         print(f"strict accuracy {accs[0]:.3f} -> {accs[-1]:.3f}")
