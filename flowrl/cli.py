@@ -8,12 +8,15 @@ from typing import Callable, List, Optional
 
 import typer
 
+from flowrl.serve.annotate_cli import app as annotate_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fine-tune flow-matching models with rewards (Flow-GRPO and friends).")
 visualize_app = typer.Typer(no_args_is_help=True, help="Pictures of runs.")
 app.add_typer(visualize_app, name="visualize")
 init_app = typer.Typer(no_args_is_help=True, help="Create local model folders (no download).")
 app.add_typer(init_app, name="init")
+app.add_typer(annotate_app, name="annotate")
 
 
 def _fail(msg: str) -> None:

@@ -46,6 +46,7 @@ class Algorithm(Protocol):
     sampling: str
 
     def setup(self, policy: Policy, reward) -> None: ...          # bind what the method needs
+    def bind_run_dir(self, run_dir: Path) -> None: ...            # where it may keep files (labels)
     def collect(self, policy: Policy, epoch: int, rank: int, world_size: int,
                 num_samples: int) -> Optional[Batch]: ...          # own data (None: roll out)
     def prepare(self, policy: Policy, batch: Batch, gathered: Batch,

@@ -104,6 +104,7 @@ class Trainer:
                                        tuple(c.reward.metrics))   # first: a remote reward's health check
             self.policy = POLICIES.build(c.model.name, runtime, **options(c.model))
         self.algorithm.setup(self.policy, self.reward)
+        self.algorithm.bind_run_dir(self.run_dir)
         self.prompts = load_prompts(c.prompts.dataset)
         self.test_prompts = load_prompts(c.prompts.test_dataset or c.prompts.dataset)
         self._build_optimizer()

@@ -19,6 +19,9 @@ class AlgorithmBase:
     def setup(self, policy, reward) -> None:
         """Bind what the method needs besides the batch (e.g. the reward, for reward backprop)."""
 
+    def bind_run_dir(self, run_dir) -> None:
+        """The run dir (e.g. where online human labels are kept, so --resume finds them)."""
+
     def modules(self) -> Dict[str, nn.Module]:
         """Extra modules trained with the policy (e.g. a value network)."""
         return {}

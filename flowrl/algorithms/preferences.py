@@ -4,7 +4,11 @@ pair losses (flowrl/algorithms/dpo.py), and served to the trainer as each epoch'
 One line per pair: {"prompt": str, "image_a": path, "image_b": path, "preferred": "a" | "b"}, paths
 relative to the file and inside its folder (an absolute path or `../` out of it is refused unless
 allow_outside=True: algorithm.preference_allow_outside); images (.png/.jpg/...) are encoded with
-the policy's encode_images, .npy / .pt files are taken as the policy's samples (2-D points, latents). `diffusion_dpo` trains on them with
+the policy's encode_images, .npy / .pt files are taken as the policy's samples (2-D points, latents).
+Files written by `flowrl annotate` (flowrl/serve/label_store.py) add pair_id, annotator, time,
+shown_order and may say "preferred": "tie" | "skip" (such lines are left out) and "sample_a" /
+"sample_b" (the exact samples behind the pictures, .pt/.npy: trained on instead of re-encoding the
+images). `diffusion_dpo` trains on them with
 algorithm.preference_file=PATH (flowrl/algorithms/dpo.py: file_batch).
 """
 from __future__ import annotations
@@ -41,9 +45,9 @@ def _parse_line(text: str, where: str) -> dict:
     if missing:
         raise InputFileError(f"{where}: needs the keys prompt, image_a, image_b, preferred; missing "
                              f"{missing}; add them to that line")
-    if row["preferred"] not in ("a", "b"):
-        raise InputFileError(f"{where}: preferred must be \"a\" or \"b\", got {row['preferred']!r}; "
-                             f"fix that line")
+    if row["preferred"] not in ("a", "b", "tie", "skip"):
+        raise InputFileError(f"{where}: preferred must be \"a\" or \"b\" (or \"tie\" / \"skip\": left "
+                             f"out), got {row['preferred']!r}; fix that line")
     return row
 
 
@@ -73,12 +77,17 @@ def load_preference_file(path, allow_outside: bool = False) -> List[PreferencePa
             continue
         where = f"{path}:{n}"
         row = _parse_line(text, where)
-        files = {key[-1]: _sample_path(path.parent, row[key], key, where, allow_outside)
-                 for key in ("image_a", "image_b")}
+        if row["preferred"] not in ("a", "b"):      # ties and skips carry no preference
+            continue
+        files = {}
+        for key in ("image_a", "image_b"):
+            key = f"sample_{key[-1]}" if f"sample_{key[-1]}" in row else key
+            files[key[-1]] = _sample_path(path.parent, row[key], key, where, allow_outside)
         other = "b" if row["preferred"] == "a" else "a"
         pairs.append(PreferencePair(str(row["prompt"]), files[row["preferred"]], files[other], n))
     if not pairs:
-        raise InputFileError(f"preference file {path} holds no pairs; add one JSON line per pair")
+        raise InputFileError(f"preference file {path} holds no pairs preferring a or b; add one JSON "
+                             f"line per pair")
     check_sample_sizes(pairs, path)
     return pairs
 
