@@ -81,6 +81,8 @@ class Trainer:
         self.algorithm.setup(self.policy, self.reward)
         self.prompts = load_prompts(c.prompts.dataset)
         self.test_prompts = load_prompts(c.prompts.test_dataset or c.prompts.dataset)
+        if hasattr(self.policy, "cache_prompts"):   # text encoders: encode the sets once, maybe free them
+            self.policy.cache_prompts(self.prompts.prompts + self.test_prompts.prompts)
         self._build_optimizer()
 
     def _build_optimizer(self) -> None:
@@ -108,6 +110,10 @@ class Trainer:
             self.ema = EMA(policy_params, c.train.ema_decay, c.train.ema_every)
         self.print(f"policy {c.model.name}: {sum(p.numel() for p in policy_params):,} trainable parameters"
                    + (f"; algorithm modules: {sum(p.numel() for p in extra_params):,}" if extra else ""))
+        if hasattr(self.policy, "memory_tokens"):
+            from flowrl.memory import model_memory_line
+            self.print(model_memory_line(self.policy, c.train.batch_size, c.train.cfg and c.sample.guidance_scale > 1,
+                                         bool(c.model.get("gradient_checkpointing")), bool(c.train.ema)))
 
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir)
