@@ -51,9 +51,10 @@ def estimate_memory(shape: TransformerShape, batch: int, tokens: int, weight_byt
 
 
 def describe(parts: Dict[str, float]) -> str:
-    """One line: 'total 12.3 GiB = weights 4.9 + trainable 0.1 + ...'."""
-    body = " + ".join(f"{k} {v / GiB:.2f}" for k, v in parts.items() if k != "total")
-    return f"{parts['total'] / GiB:.2f} GiB = {body} (GiB)"
+    """One line: '12.30 GiB = weights 4.90 + trainable 0.10 + ...' (MiB below 1 GiB)."""
+    unit, scale = ("GiB", GiB) if parts["total"] >= GiB else ("MiB", 2 ** 20)
+    body = " + ".join(f"{k} {v / scale:.2f}" for k, v in parts.items() if k != "total")
+    return f"{parts['total'] / scale:.2f} {unit} = {body}"
 
 
 def transformer_shape(net) -> TransformerShape:

@@ -164,8 +164,10 @@ def load_flux_pipeline(path: str, cache_root: Path, dtype: torch.dtype):
         pipe = FluxPipeline.from_pretrained(str(folder), dtype={"default": dtype, "vae": torch.float32},
                                             local_files_only=True)
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-        module = getattr(pipe, name)
-        module.to(torch.float32 if name == "vae" else dtype).requires_grad_(False).eval()
+        module, want = getattr(pipe, name), torch.float32 if name == "vae" else dtype
+        if module.dtype != want:    # a diffusers that ignored the dtype dict
+            module.to(want)
+        module.requires_grad_(False).eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
