@@ -102,6 +102,9 @@ class Trainer:
         *wrapped, self.optimizer = acc.prepare(*modules, opt)
         if policy_params:
             self.policy.model = wrapped[0]
+            # FSDP replaces the parameters by sharded ones: take them from the modules again
+            policy_params = [p for p in self.policy.net.parameters() if p.requires_grad]
+            self.params = policy_params + [p for m in extra.values() for p in m.parameters() if p.requires_grad]
         self.algorithm.bind_modules(dict(zip(extra, wrapped[len(wrapped) - len(extra):])))
         self.trained_modules = wrapped
         self.ema = None
@@ -279,8 +282,8 @@ class Trainer:
 
     @property
     def sharded_optimizer(self) -> bool:
-        """DeepSpeed ZeRO partitions the optimizer state: every rank saves/loads its own shard."""
-        return self.acc.distributed_type == "DEEPSPEED"
+        """DeepSpeed ZeRO and FSDP partition the optimizer state: every rank saves/loads its own shard."""
+        return self.acc.distributed_type in ("DEEPSPEED", "FSDP")
 
     def save(self, epoch: int) -> None:
         acc = self.acc
@@ -293,13 +296,15 @@ class Trainer:
         elif self.is_main:
             write_optimizer(tmp, self.optimizer)
         acc.wait_for_everyone()
-        if self.is_main:
-            extra = {"optimizer_steps": self.opt_steps, "reward_before": self.reward_before,
-                     "num_processes": acc.num_processes,
-                     "diversity_alarm": {k: getattr(self.alarm, k) for k in
-                                         ("base_diversity", "base_reward", "bandwidth")}}
-            finish_checkpoint(tmp, epoch, self.policy, self.ema, extra, self.c.checkpoint.keep_last,
-                              algorithm_state=self.algorithm.state_dict())
+        from flowrl.fsdp import gathered
+        with gathered(self.policy.net, self.ema):   # FSDP: every rank gathers, the main one writes
+            if self.is_main:
+                extra = {"optimizer_steps": self.opt_steps, "reward_before": self.reward_before,
+                         "num_processes": acc.num_processes,
+                         "diversity_alarm": {k: getattr(self.alarm, k) for k in
+                                             ("base_diversity", "base_reward", "bandwidth")}}
+                finish_checkpoint(tmp, epoch, self.policy, self.ema, extra, self.c.checkpoint.keep_last,
+                                  algorithm_state=self.algorithm.state_dict())
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ the loop
@@ -355,7 +360,8 @@ class Trainer:
         """Debugging aid (and the distributed tests): per-rank rewards, advantages and weights."""
         from flowrl.cache import atomic_save_safetensors
         keep = {k: v for k, v in batch.tensors.items() if k in ("rewards", "group_ids", "advantages")}
-        keep["params"] = torch.cat([p.detach().flatten().float().cpu() for p in self.params])
+        from flowrl.fsdp import full
+        keep["params"] = torch.cat([full(p.detach()).flatten().float().cpu() for p in self.params])
         path = Path(os.environ["FLOWRL_DUMP_DIR"]) / f"epoch{epoch + 1}_rank{self.acc.process_index}.safetensors"
         atomic_save_safetensors(keep, path)
 

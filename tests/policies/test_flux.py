@@ -131,3 +131,17 @@ def test_flux_configs_fit_the_factory_and_flow_grpo_defaults():
 def test_bad_resolution_says_what_to_set(tiny):
     with pytest.raises(ValueError, match="model.resolution"):
         make(tiny, resolution=40)
+
+
+def test_cli_init_tiny_flux_writes_a_folder_flux_pipeline_loads(tmp_path):
+    from diffusers import FluxPipeline
+    from typer.testing import CliRunner
+
+    from flowrl.cli import app
+
+    result = CliRunner().invoke(app, ["init", "tiny-flux", str(tmp_path / "flux")])
+    assert result.exit_code == 0, result.output
+    pipe = FluxPipeline.from_pretrained(str(tmp_path / "flux"))
+    assert pipe.transformer.config.guidance_embeds and pipe.transformer.config.in_channels == 64
+    again = CliRunner().invoke(app, ["init", "tiny-flux", str(tmp_path / "flux")])
+    assert again.exit_code == 2 and "not an empty folder" in again.output
