@@ -62,4 +62,4 @@ def test_gradient_checkpointing_changes_only_memory_and_the_estimate_tracks_acti
         torch.testing.assert_close(grads_ck[k], grads[k], rtol=1e-5, atol=1e-7)
     assert saved_ck < 0.7 * saved                                # checkpointing keeps less for backward
     est = estimate_memory(transformer_shape(policy.net), 2, policy.memory_tokens(), 4)["activations"]
-    assert 0.25 < est / saved < 4, (est, saved)                  # same order as what autograd keeps
+    assert 0.5 < est / saved < 2, (est, saved)                   # measured: 0.95 (SD3.5), 0.66 (FLUX)
