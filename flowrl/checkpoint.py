@@ -143,10 +143,10 @@ def load_checkpoint(path: Path, policy, optimizer, ema=None, shard: Optional[int
                               f"resume from the previous one") from None
     try:
         policy.load_trainable_state_dict(weights)
-        if shard is not None and not isinstance(optimizer.state_dict(), list):   # FSDP: DTensor moments
-            from flowrl.fsdp import shard_optimizer_state
-            optimizer.load_state_dict(shard_optimizer_state(opt, [p for g in optimizer.param_groups
-                                                                  for p in g["params"]]))
+        from flowrl.fsdp import is_sharded, shard_optimizer_state
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if shard is not None and any(is_sharded(p) for p in params):   # FSDP: moments back to DTensors
+            optimizer.load_state_dict(shard_optimizer_state(opt, params))
         else:   # DeepSpeed's ZeRO optimizer takes one state dict per data-parallel rank, reads its own
             optimizer.load_state_dict(opt if shard is None else [opt] * num_shards)
     except (RuntimeError, KeyError, ValueError) as e:
