@@ -331,12 +331,74 @@ def digits():
     return c
 
 
+# ------------------------------------------------------------------------------------ FLUX.1 + LoRA
+# Flow-GRPO's FLUX LoRA (scripts/train_flux.py): r 64 / alpha 128 on attention and MLPs of both streams.
+FLUX_LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
+                     "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+                     "ff_context.net.2")
+
+
+def flux_pickscore():
+    """Flow-GRPO on FLUX.1-dev with PickScore (yifan123/flow_grpo config `pickscore_flux`): 512 px,
+    6 SDE steps (noise 0.9), eval 28 ODE steps, group 24, beta 0, bf16 frozen weights, EMA.
+    FLUX.1-dev is guidance-DISTILLED: the guidance 3.5 is an input of the transformer
+    (model.guidance), there is no classifier-free guidance (sample.guidance_scale 1, train.cfg off):
+    one transformer pass per step. Needs black-forest-labs/FLUX.1-dev in the LOCAL HF cache.
+
+    Batch arithmetic, written for 8 GPUs: per epoch 8 GPUs x 3 x 48 batches = 1152 samples = 48
+    prompts x 24 (as Flow-GRPO); train minibatches of 3, accumulation 24 -> 2 optimizer steps per
+    epoch. 32 GPUs: --set sample.num_batches_per_epoch=12 --set train.gradient_accumulation_steps=6."""
+    c = pickscore()
+    c.mixed_precision = "bf16"
+    c.model = ml_collections.ConfigDict({
+        "name": "flux", "path": "black-forest-labs/FLUX.1-dev", "lora_rank": 64, "lora_alpha": 128,
+        "lora_targets": list(FLUX_LORA_TARGETS), "resolution": 512, "max_sequence_length": 512,
+        "guidance": 3.5, "gradient_checkpointing": False, "offload_text_encoders": False})
+    c.sample.num_steps = 6
+    c.sample.eval_num_steps = 28
+    c.sample.guidance_scale = 1.0       # no CFG: the distilled guidance is model.guidance
+    c.sample.noise_level = 0.9
+    c.sample.batch_size = 3
+    c.sample.num_batches_per_epoch = 48
+    c.train.batch_size = 3
+    c.train.gradient_accumulation_steps = 24
+    c.train.cfg = False
+    c.algorithm.beta = 0.0
+    c.eval.every = c.checkpoint.every = 30
+    return c
+
+
+def tiny_flux():
+    """The FLUX path on a CPU: the tiny RANDOM FLUX pipeline (model.path "" builds it in the flowrl
+    cache on first use, ~3 s; `flowrl init tiny-flux DIR`), 64 px, 6 SDE steps at noise 0.9, JPEG
+    compressibility. One process: 2 batches of 8 = 16 samples = 4 prompts x 4 per epoch."""
+    c = tiny_sd3()
+    c.model = ml_collections.ConfigDict({
+        "name": "flux", "path": "", "lora_rank": 8, "lora_alpha": 16, "lora_targets": list(FLUX_LORA_TARGETS),
+        "resolution": 64, "max_sequence_length": 32, "guidance": 3.5, "gradient_checkpointing": False,
+        "offload_text_encoders": True})
+    c.sample.guidance_scale = 1.0
+    c.sample.noise_level = 0.9
+    c.train.cfg = False
+    return c
+
+
+def tiny_sd35():
+    """`tiny_sd3` on a tiny RANDOM SD3.5-medium-shaped transformer (model.path "tiny-sd35": dual
+    attention in the first half of the blocks, RMS QK-norm, pos_embed_max_size 3x the default
+    latent side, as stabilityai/stable-diffusion-3.5-medium), built in the flowrl cache on first use."""
+    c = tiny_sd3()
+    c.model.path = "tiny-sd35"
+    return c
+
+
 EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity,
                "tiny_sd3": tiny_sd3, "tiny_sd3_ocr": tiny_sd3_ocr,
                "pickscore": pickscore, "pickscore_fast": pickscore_fast, "pickscore_nocfg": pickscore_nocfg,
                "clipscore": clipscore, "aesthetic": aesthetic, "ocr": ocr, "jpeg": jpeg,
                "tiny_geneval": tiny_geneval, "tiny_sd3_remote": tiny_sd3_remote,
-               "tiny_geneval_remote": tiny_geneval_remote}
+               "tiny_geneval_remote": tiny_geneval_remote, "flux_pickscore": flux_pickscore,
+               "tiny_flux": tiny_flux, "tiny_sd35": tiny_sd35}
 
 
 def get_config(name="moons"):

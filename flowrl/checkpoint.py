@@ -141,7 +141,9 @@ def write_optimizer(tmp: Path, optimizer, shard: Optional[int] = None) -> None:
     """optimizer.safetensors + optimizer.json; per-rank files optimizer.rank<r>.* when the state is
     sharded (DeepSpeed ZeRO): every rank then writes its own."""
     name = "optimizer" if shard is None else f"optimizer.rank{shard}"
+    from flowrl.fsdp import local
     tensors, skeleton = flatten_tree(optimizer.state_dict())
+    tensors = {k: local(v) for k, v in tensors.items()}   # FSDP: this rank's shard of each moment
     atomic_save_safetensors(tensors, tmp / f"{name}.safetensors")
     (tmp / f"{name}.json").write_text(json.dumps(skeleton))
 
@@ -214,8 +216,12 @@ def load_checkpoint(path: Path, policy, optimizer, ema=None, shard: Optional[int
                               f"older one with --resume-from step_N") from None
     try:
         policy.load_trainable_state_dict(weights)
-        # DeepSpeed's ZeRO optimizer takes one state dict per data-parallel rank and reads its own
-        optimizer.load_state_dict(opt if shard is None else [opt] * num_shards)
+        from flowrl.fsdp import is_sharded, shard_optimizer_state
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if shard is not None and any(is_sharded(p) for p in params):   # FSDP: moments back to DTensors
+            optimizer.load_state_dict(shard_optimizer_state(opt, params))
+        else:   # DeepSpeed's ZeRO optimizer takes one state dict per data-parallel rank, reads its own
+            optimizer.load_state_dict(opt if shard is None else [opt] * num_shards)
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer: {e}") from None
     if ema is not None:

@@ -168,6 +168,17 @@ def init_tiny_sd3(directory: Path = typer.Argument(..., help="folder to create (
     typer.echo(str(ensure_tiny_sd3(directory, seed=seed)))
 
 
+@init_app.command("tiny-flux")
+def init_tiny_flux(directory: Path = typer.Argument(..., help="folder to create (absent or empty)"),
+                   seed: int = typer.Option(0, help="seed of the random weights")):
+    """Write a tiny RANDOM FluxPipeline folder (~1 MB) for tests and smoke runs; use it with
+    `--set model.path=DIR` (model.path "" builds one in the flowrl cache by itself)."""
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        _fail(f"{directory} already exists and is not an empty folder; give a new folder")
+    from flowrl.policies.flux import ensure_tiny_flux
+    typer.echo(str(ensure_tiny_flux(directory, seed=seed)))
+
+
 @init_app.command("tiny-t2i")
 @user_errors()
 def init_tiny_t2i(directory: Optional[Path] = typer.Argument(None, help="also copy the model here (absent or empty)"),

@@ -21,6 +21,11 @@ def build_accelerator(config, gradient_accumulation_steps: int):
         log_with = "wandb"
     acc = Accelerator(mixed_precision=config.mixed_precision, log_with=log_with,
                       gradient_accumulation_steps=gradient_accumulation_steps, kwargs_handlers=kwargs)
+    from flowrl.fsdp import enable_fsdp_on_cpu
+    enable_fsdp_on_cpu(acc)   # accelerate never picks FSDP for CPU processes: see flowrl.fsdp
+    if distributed and acc.distributed_type == "NO":
+        raise ValueError(f"{os.environ['WORLD_SIZE']} processes were launched but accelerate runs each alone "
+                         f"(a GPU config on a machine without GPUs?): on CPU processes set ACCELERATE_USE_CPU=1")
     plugin = acc.state.deepspeed_plugin
     if plugin is not None:   # DeepSpeed sizes its buffers from these; there is no dataloader to read
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train.batch_size

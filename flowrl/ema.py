@@ -39,4 +39,6 @@ class EMA:
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         if len(state) != len(self.shadow):
             raise ValueError(f"EMA state has {len(state)} tensors, model has {len(self.shadow)}")
-        self.shadow = [state[str(i)].float().to(p.device) for i, p in enumerate(self.params)]
+        from flowrl.fsdp import shard_like
+        self.shadow = [shard_like(state[str(i)].float().to(p.device), p.detach().float())
+                       for i, p in enumerate(self.params)]

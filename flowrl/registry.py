@@ -66,7 +66,8 @@ class Registry:
 
 # Modules holding the built-in entries; a new base model / method / reward family adds one line here.
 POLICIES = Registry("policy", ["flowrl.policies.toy2d", "flowrl.policies.sd3",
-                               "flowrl.policies.gmm1d", "flowrl.policies.image_flow"])
+                               "flowrl.policies.gmm1d", "flowrl.policies.image_flow",
+                               "flowrl.policies.flux"])
 ALGORITHMS = Registry("algorithm", ["flowrl.algorithms.grpo", "flowrl.algorithms.ddpo",
                                     "flowrl.algorithms.orw", "flowrl.algorithms.nft",
                                     "flowrl.algorithms.value_matching",

@@ -107,6 +107,8 @@ class Trainer:
         self.algorithm.bind_run_dir(self.run_dir)
         self.prompts = load_prompts(c.prompts.dataset)
         self.test_prompts = load_prompts(c.prompts.test_dataset or c.prompts.dataset)
+        if hasattr(self.policy, "cache_prompts"):   # text encoders: encode the sets once, maybe free them
+            self.policy.cache_prompts(self.prompts.prompts + self.test_prompts.prompts)
         self._build_optimizer()
 
     def _build_optimizer(self) -> None:
@@ -126,6 +128,9 @@ class Trainer:
         *wrapped, self.optimizer = acc.prepare(*modules, opt)
         if policy_params:
             self.policy.model = wrapped[0]
+            # FSDP replaces the parameters by sharded ones: take them from the modules again
+            policy_params = [p for p in self.policy.net.parameters() if p.requires_grad]
+            self.params = policy_params + [p for m in extra.values() for p in m.parameters() if p.requires_grad]
         self.algorithm.bind_modules(dict(zip(extra, wrapped[len(wrapped) - len(extra):])))
         self.trained_modules = wrapped
         self.guard = StepGuard(acc, self.optimizer, self.params, c.train.max_grad_norm,
@@ -136,6 +141,10 @@ class Trainer:
             self.ema = EMA(policy_params, c.train.ema_decay, c.train.ema_every)
         self.print(f"policy {c.model.name}: {sum(p.numel() for p in policy_params):,} trainable parameters"
                    + (f"; algorithm modules: {sum(p.numel() for p in extra_params):,}" if extra else ""))
+        if hasattr(self.policy, "memory_tokens"):
+            from flowrl.memory import model_memory_line
+            self.print(model_memory_line(self.policy, c.train.batch_size, c.train.cfg and c.sample.guidance_scale > 1,
+                                         bool(c.model.get("gradient_checkpointing")), bool(c.train.ema)))
 
     def _resume(self) -> None:
         ckpt = pick_checkpoint(self.run_dir, self.resume_from)
@@ -306,8 +315,8 @@ class Trainer:
 
     @property
     def sharded_optimizer(self) -> bool:
-        """DeepSpeed ZeRO partitions the optimizer state: every rank saves/loads its own shard."""
-        return self.acc.distributed_type == "DEEPSPEED"
+        """DeepSpeed ZeRO and FSDP partition the optimizer state: every rank saves/loads its own shard."""
+        return self.acc.distributed_type in ("DEEPSPEED", "FSDP")
 
     def save(self, epoch: int) -> None:
         acc = self.acc   # never a checkpoint with NaN/inf (every rank checks: all raise together)
@@ -321,13 +330,15 @@ class Trainer:
         elif self.is_main:
             write_optimizer(tmp, self.optimizer)
         acc.wait_for_everyone()
-        if self.is_main:
-            extra = {"optimizer_steps": self.opt_steps, "reward_before": self.reward_before,
-                     "num_processes": acc.num_processes,
-                     "diversity_alarm": {k: getattr(self.alarm, k) for k in
-                                         ("base_diversity", "base_reward", "bandwidth")}}
-            finish_checkpoint(tmp, epoch, self.policy, self.ema, extra, self.c.checkpoint.keep_last,
-                              algorithm_state=self.algorithm.state_dict())
+        from flowrl.fsdp import gathered
+        with gathered(self.policy.net, self.ema):   # FSDP: every rank gathers, the main one writes
+            if self.is_main:
+                extra = {"optimizer_steps": self.opt_steps, "reward_before": self.reward_before,
+                         "num_processes": acc.num_processes,
+                         "diversity_alarm": {k: getattr(self.alarm, k) for k in
+                                             ("base_diversity", "base_reward", "bandwidth")}}
+                finish_checkpoint(tmp, epoch, self.policy, self.ema, extra, self.c.checkpoint.keep_last,
+                                  algorithm_state=self.algorithm.state_dict())
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ the loop
@@ -391,7 +402,8 @@ class Trainer:
         """Debugging aid (and the distributed tests): per-rank rewards, advantages and weights."""
         from flowrl.cache import atomic_save_safetensors
         keep = {k: v for k, v in batch.tensors.items() if k in ("rewards", "group_ids", "advantages")}
-        keep["params"] = torch.cat([p.detach().flatten().float().cpu() for p in self.params])
+        from flowrl.fsdp import full
+        keep["params"] = torch.cat([full(p.detach()).flatten().float().cpu() for p in self.params])
         path = Path(os.environ["FLOWRL_DUMP_DIR"]) / f"epoch{epoch + 1}_rank{self.acc.process_index}.safetensors"
         atomic_save_safetensors(keep, path)
 

@@ -84,3 +84,28 @@ def test_tiny_sd3_lora_on_two_processes(tmp_path, config_file):
         pytest.importorskip("deepspeed")
     launch(tmp_path / "run", tmp_path / "dump", 2, config_file, config="grpo.py:tiny_sd3", overrides=TINY_SD3)
     check_ranks(tmp_path / "run", tmp_path / "dump", 2, per_rank=8)
+
+
+def test_fsdp2_tiny_sd3_lora_shards_checkpoints_and_resumes_exactly(tmp_path):
+    """FSDP2 through accelerate on 2 CPU processes (flowrl.fsdp switches accelerate to FSDP there):
+    advantages from the gathered rewards, the same (gathered) LoRA on both ranks, one optimizer shard
+    per rank, a whole LoRA exported, and 1 epoch + resume = 2 epochs, weights and EMA bit for bit."""
+    over = TINY_SD3 + ["checkpoint.every=1", "train.ema=True", "train.ema_every=1", "model.resolution=32",
+                       "model.max_sequence_length=16", "sample.num_steps=3"]
+    out = launch(tmp_path / "full", tmp_path / "dump", 2, "fsdp_cpu.yaml", config="grpo.py:tiny_sd3", overrides=over)
+    assert "FSDP x 2" in out.stdout
+    check_ranks(tmp_path / "full", tmp_path / "dump", 2, per_rank=8)
+    ckpt = tmp_path / "full" / "checkpoints" / "step_2"
+    assert all((ckpt / f"optimizer.rank{r}.safetensors").exists() for r in range(2))
+    lora = load_file(ckpt / "trainable.safetensors")
+    assert lora and all(v.shape[0] in (8, 16, 32) or v.shape[1] in (8, 16, 32) for v in lora.values())
+    assert load_file(ckpt / "pytorch_lora_weights.safetensors").keys()
+    launch(tmp_path / "part", tmp_path / "dump2", 1, "fsdp_cpu.yaml", config="grpo.py:tiny_sd3", overrides=over)
+    launch(tmp_path / "part", tmp_path / "dump2", 2, "fsdp_cpu.yaml", resume=True, config="grpo.py:tiny_sd3",
+           overrides=over)
+    resumed = tmp_path / "part" / "checkpoints" / "step_2"
+    for name in ("trainable.safetensors", "ema.safetensors"):
+        a, b = load_file(ckpt / name), load_file(resumed / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    train_only = lambda r: {k: v for k, v in r.items() if not k.startswith("eval_")}   # noqa: E731
+    assert train_only(metrics(tmp_path / "part")[-1]) == train_only(metrics(tmp_path / "full")[-1])

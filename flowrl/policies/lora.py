@@ -68,6 +68,7 @@ def lora_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
 @torch.no_grad()
 def load_lora_state_dict(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
     """Copy `state` (from `lora_state_dict`) into the LoRA weights; the key sets must match."""
+    from flowrl.fsdp import shard_like
     params = lora_parameters(model)
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:
@@ -78,7 +79,7 @@ def load_lora_state_dict(model: nn.Module, state: Dict[str, torch.Tensor]) -> No
         if state[k].shape != p.shape:
             raise ValueError(f"LoRA weight {k}: checkpoint shape {tuple(state[k].shape)}, model "
                              f"{tuple(p.shape)} (was lora_rank changed?)")
-        p.copy_(state[k].to(p.device, p.dtype))
+        p.copy_(shard_like(state[k].to(p.device, p.dtype), p))   # FSDP: re-sharded like p
 
 
 @contextmanager
@@ -110,7 +111,10 @@ def export_diffusers_lora(model: nn.Module, directory: Path, pipeline_cls=None) 
         from diffusers import StableDiffusion3Pipeline as pipeline_cls
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    layers = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    # from the parameters, not model.state_dict(): FSDP2's state-dict hooks would re-shard them
+    params = {k: p for k, p in model.named_parameters() if "lora_" in k}
+    layers = {k: v.detach().float().cpu().contiguous()
+              for k, v in get_peft_model_state_dict(model, state_dict=params).items()}
     pipeline_cls.save_lora_weights(str(directory), transformer_lora_layers=layers, safe_serialization=True,
                                    transformer_lora_adapter_metadata=model.peft_config["default"].to_dict())
     return directory / "pytorch_lora_weights.safetensors"

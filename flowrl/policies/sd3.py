@@ -34,14 +34,14 @@ STAMP_FILE = "flowrl_build.json"   # in that folder: what built it (rebuilt when
 
 
 # ---------------------------------------------------------------------------------------- loading
-def _tiny_stamp(seed: int) -> str:
+def _tiny_stamp(seed: int, sd35: bool = False) -> str:
     """What the cached tiny pipeline was built from: the builder's source hash and the seed."""
     import hashlib
 
     from flowrl.policies import tiny_sd3
 
     digest = hashlib.sha256(Path(tiny_sd3.__file__).read_bytes()).hexdigest()[:16]
-    return json.dumps({"builder_sha256": digest, "seed": int(seed)})
+    return json.dumps({"builder_sha256": digest, "seed": int(seed), **({"sd35": True} if sd35 else {})})
 
 
 def _is_current(folder: Path, stamp: str) -> bool:
@@ -49,17 +49,17 @@ def _is_current(folder: Path, stamp: str) -> bool:
     return (folder / "model_index.json").exists() and f.exists() and f.read_text() == stamp
 
 
-def ensure_tiny_sd3(target: Path, seed: int = 0) -> Path:
+def ensure_tiny_sd3(target: Path, seed: int = 0, sd35: bool = False) -> Path:
     """Return `target` holding the tiny random SD3 pipeline (flowrl.policies.tiny_sd3), building it if
     missing or built by another version of the builder. The build goes to a temporary sibling folder
     renamed into place: other processes never see half a folder."""
     from flowrl.cache import build_folder_atomically
-    stamp = _tiny_stamp(seed)
+    stamp = _tiny_stamp(seed, sd35)
 
     def build(tmp: Path) -> None:
-        from flowrl.policies.tiny_sd3 import build_tiny_sd3
+        from flowrl.policies import tiny_sd3
         with _quiet_loading():
-            build_tiny_sd3(tmp, seed=seed)
+            (tiny_sd3.build_tiny_sd35 if sd35 else tiny_sd3.build_tiny_sd3)(tmp, seed=seed)
         (tmp / STAMP_FILE).write_text(stamp)
     return build_folder_atomically(Path(target), build, lambda d: _is_current(d, stamp))
 
@@ -72,6 +72,8 @@ def resolve_pipeline_path(path: str, cache_root: Path) -> Path:
     FileNotFoundError saying what to set."""
     if not path:
         return ensure_tiny_sd3(Path(cache_root) / TINY_NAME)
+    if path == "tiny-sd35":   # the tiny random SD3.5-medium-shaped pipeline (tiny_sd3.build_tiny_sd35)
+        return ensure_tiny_sd3(Path(cache_root) / path, sd35=True)
     if path == "tiny-t2i":
         from flowrl.scenes.train_t2i import CACHE_NAME, ensure_tiny_t2i
         return ensure_tiny_t2i(Path(cache_root) / CACHE_NAME)
@@ -202,6 +204,32 @@ class SD3Policy:
             self._negative = self._encode_text([""])
         return self._negative
 
+    offload_text_encoders = False   # set by the factory (model.offload_text_encoders)
+
+    def cache_prompts(self, prompts: Sequence[str]) -> None:
+        """With `offload_text_encoders`: encode every prompt of the prompt sets (and the empty prompt)
+        now, keep them all (no LRU bound), then free the text encoders (T5-XXL: ~9 GB in bf16). A
+        prompt outside these sets raises afterwards. Without the option: nothing happens."""
+        if not self.offload_text_encoders:
+            return
+        self.prompt_cache_size = 0
+        self.encode(list(dict.fromkeys(prompts)))
+        _ = self.negative
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            if getattr(self.pipe, name, None) is not None:
+                setattr(self.pipe, name, None)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+        def freed(new_prompts):
+            raise RuntimeError(f"prompt {list(new_prompts)[0]!r} is not in the cached prompt sets and the text "
+                               f"encoders were freed (model.offload_text_encoders=True); turn it off")
+        self._encode_text = freed
+
+    def memory_tokens(self) -> int:
+        """Tokens per sample in the transformer: 2x2 image patches + 77 CLIP + T5 tokens."""
+        return self.sample_shape[1] * self.sample_shape[2] // 4 + 77 + self.max_sequence_length
+
     # ---------------------------------------------------------------- velocity
     def _forward(self, x: torch.Tensor, sigma: torch.Tensor, emb: torch.Tensor,
                  pooled: torch.Tensor) -> torch.Tensor:
@@ -262,7 +290,7 @@ class SD3Policy:
 def sd3(runtime: Runtime, path: str = "", lora_rank: int = 32, lora_alpha: float = 64,
         lora_targets: Sequence[str] = SD3_TARGETS, resolution: int = 512, max_sequence_length: int = 128,
         gradient_checkpointing: bool = False, guidance: float = 1.0, prompt_cache_size: int = 1024,
-        lora_init: str = "gaussian") -> SD3Policy:
+        lora_init: str = "gaussian", offload_text_encoders: bool = False) -> SD3Policy:
     """Options (config.model):
     path: local diffusers SD3/SD3.5 folder, or a hub id in the local HF cache (local_files_only);
           "" = the tiny random pipeline in the flowrl cache (built on first use).
@@ -271,7 +299,8 @@ def sd3(runtime: Runtime, path: str = "", lora_rank: int = 32, lora_alpha: float
     max_sequence_length: T5 tokens (Flow-GRPO uses 128; diffusers' default is 256).
     gradient_checkpointing: recompute transformer blocks in backward (less memory, ~30% slower).
     guidance: CFG scale used when velocity() is called without one (the trainer always passes one).
-    prompt_cache_size: distinct prompts whose text embeddings are kept (0 = all)."""
+    prompt_cache_size: distinct prompts whose text embeddings are kept (0 = all).
+    offload_text_encoders: free the text encoders once the prompt sets are encoded (cache_prompts)."""
     folder = resolve_pipeline_path(path, runtime.cache_dir)
     pipe = load_pipeline(folder, runtime.weight_dtype)
     with torch.random.fork_rng(devices=[]):   # the same LoRA init on every rank, whatever the seed state
@@ -280,5 +309,7 @@ def sd3(runtime: Runtime, path: str = "", lora_rank: int = 32, lora_alpha: float
     if gradient_checkpointing:
         pipe.transformer.enable_gradient_checkpointing()
     pipe.to(runtime.device)
-    return SD3Policy(pipe, runtime.device, runtime.weight_dtype, resolution, max_sequence_length,
-                     guidance, prompt_cache_size)
+    policy = SD3Policy(pipe, runtime.device, runtime.weight_dtype, resolution, max_sequence_length,
+                       guidance, prompt_cache_size)
+    policy.offload_text_encoders = bool(offload_text_encoders)
+    return policy

@@ -129,10 +129,11 @@ def _vae(latent_channels: int, sample_size: int):
 def build_tiny_sd3(out_dir, seed: int = 0, sample_size: int = 32, latent_channels: int = 16,
                    num_layers: int = 2, num_heads: int = 2, attention_head_dim: int = 8,
                    clip_dim: int = 16, t5_dim: int = 32, text_layers: int = 2,
-                   qk_norm=None, dual_attention_layers=()) -> Path:
+                   qk_norm=None, dual_attention_layers=(), pos_embed_max_size=None) -> Path:
     """Write a tiny random StableDiffusion3Pipeline folder to `out_dir` and return its Path.
 
-    sample_size: default latent side (pixels = 8x); pos. embeddings cover up to 2x that side.
+    sample_size: default latent side (pixels = 8x); pos_embed_max_size (default sample_size) patches
+    per side of the position-embedding table, i.e. up to 2 x pos_embed_max_size latents.
     qk_norm="rms_norm", dual_attention_layers=(0,) give an SD3.5-style transformer."""
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
@@ -146,7 +147,7 @@ def build_tiny_sd3(out_dir, seed: int = 0, sample_size: int = 32, latent_channel
         sample_size=sample_size, patch_size=2, in_channels=latent_channels, out_channels=latent_channels,
         num_layers=num_layers, attention_head_dim=attention_head_dim, num_attention_heads=num_heads,
         joint_attention_dim=t5_dim, caption_projection_dim=num_heads * attention_head_dim,
-        pooled_projection_dim=2 * clip_dim, pos_embed_max_size=sample_size,
+        pooled_projection_dim=2 * clip_dim, pos_embed_max_size=pos_embed_max_size or sample_size,
         qk_norm=qk_norm, dual_attention_layers=tuple(dual_attention_layers))
     pipe = StableDiffusion3Pipeline(
         transformer=transformer.eval(),
@@ -159,3 +160,13 @@ def build_tiny_sd3(out_dir, seed: int = 0, sample_size: int = 32, latent_channel
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
     return out
+
+
+def build_tiny_sd35(out_dir, seed: int = 0, num_layers: int = 4) -> Path:
+    """A tiny random pipeline with SD3.5-medium's transformer layout (stabilityai/stable-diffusion-3.5-
+    medium, transformer/config.json: 24 layers, dual_attention_layers 0..12, qk_norm "rms_norm",
+    pos_embed_max_size 384 = 3 x sample_size 128; SD3-medium: no dual attention, no QK-norm, 192):
+    `num_layers` blocks, dual attention (a second image-only attention, attn2) in the first
+    num_layers // 2 + 1, RMS QK-norm, a position table 3x the default latent side."""
+    return build_tiny_sd3(out_dir, seed=seed, num_layers=num_layers, qk_norm="rms_norm",
+                          dual_attention_layers=tuple(range(num_layers // 2 + 1)), pos_embed_max_size=3 * 32)
