@@ -94,3 +94,25 @@ def paired_standard_error(after: Sequence[float], before: Sequence[float]) -> fl
     """Standard error of mean(after - before) over paired samples (same prompt and noise): the
     evaluation's own noise on an improvement."""
     return standard_error(np.asarray(after, dtype=float) - np.asarray(before, dtype=float))
+
+
+def run_summary(rows: List[dict], target: float) -> Dict[str, Optional[float]]:
+    """One run's figures from its metrics rows (see learning_curve): base and final held-out reward,
+    strict accuracy (eval_scene_accuracy, if logged), diversity kept (final / base eval_diversity),
+    fine-tuning seconds and samples in all, and seconds / samples / epochs at the first evaluation
+    with reward >= target (None if never)."""
+    c = learning_curve(rows)
+    evals = [r for r in rows if "eval_reward" in r]
+    base, last = evals[0], evals[-1]
+    acc = learning_curve(rows, "eval_scene_accuracy")
+    div = [r.get("eval_diversity") for r in (base, last)]
+    return {"reward_base": base["eval_reward"], "reward": last["eval_reward"],
+            "accuracy_base": base.get("eval_scene_accuracy"), "accuracy": last.get("eval_scene_accuracy"),
+            "diversity_kept": div[1] / div[0] if None not in div and div[0] > 0 else None,
+            "seconds": float(c["seconds"][-1]), "samples": float(c["samples"][-1]),
+            "epochs": float(c["epochs"][-1]),
+            "seconds_to_target": first_reaching(c["seconds"], c["values"], target),
+            "samples_to_target": first_reaching(c["samples"], c["values"], target),
+            "epochs_to_target": first_reaching(c["epochs"], c["values"], target),
+            "curve_seconds": c["seconds"].tolist(), "curve_reward": c["values"].tolist(),
+            "curve_accuracy": acc["values"].tolist()}

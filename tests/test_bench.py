@@ -53,3 +53,18 @@ def test_band_over_defined_curves_only():
 def test_paired_standard_error_by_hand():
     # differences 1, 3: std sqrt(2) / sqrt(2) = 1
     assert paired_standard_error([1.0, 4.0], [0.0, 1.0]) == pytest.approx(1.0)
+
+
+def test_run_summary_of_a_two_evaluation_run():
+    rows = [{"epoch": 0, "eval_reward": 0.5, "eval_scene_accuracy": 0.1, "eval_diversity": 20.0},
+            {"epoch": 1, "time_collect": 2.0, "time_train": 2.0, "reward_samples_per_rank": [128],
+             "eval_reward": 0.6, "eval_scene_accuracy": 0.2, "eval_diversity": 30.0},
+            {"epoch": 2, "time_collect": 2.0, "time_train": 3.0, "reward_samples_per_rank": [128],
+             "eval_reward": 0.8, "eval_scene_accuracy": 0.4, "eval_diversity": 10.0}]
+    from flowrl.bench import run_summary
+    s = run_summary(rows, target=0.7)
+    assert (s["reward_base"], s["reward"], s["accuracy"]) == (0.5, 0.8, 0.4)
+    assert s["diversity_kept"] == pytest.approx(0.5) and s["seconds"] == 9.0 and s["samples"] == 256
+    assert (s["seconds_to_target"], s["samples_to_target"], s["epochs_to_target"]) == (9.0, 256.0, 2.0)
+    assert run_summary(rows, target=0.9)["seconds_to_target"] is None
+    assert s["curve_seconds"] == [0.0, 4.0, 9.0] and s["curve_accuracy"] == [0.1, 0.2, 0.4]

@@ -73,19 +73,34 @@ def reference_kl(policy, mb: Batch, j: int, st: RolloutSettings, out) -> torch.T
     return kl_same_std(out.mean, mean_ref, out.std)
 
 
+def drop_zero_weight_rows(mb: Batch) -> Tuple[Batch, float]:
+    """Rows of weight 0 (zero-spread groups) add nothing to a weighted-mean loss: keep the others
+    (at least one row, so every process runs the same backward passes). -> (kept rows, kept / all):
+    mean over the kept rows x the fraction = the mean over all rows, without their forward passes."""
+    keep = (mb["weights"] > 0).nonzero().flatten()
+    if len(keep) == len(mb):
+        return mb, 1.0
+    if len(keep) == 0:
+        return mb.select(torch.zeros(1, dtype=torch.long)), 1.0 / len(mb)
+    return mb.select(keep), len(keep) / len(mb)
+
+
 def clipped_step_losses(policy, mb: Batch, st: RolloutSettings, clip_range: float,
                         beta: float) -> Iterator[Tuple[torch.Tensor, Dict]]:
     """One loss per trained step j (backward per step keeps memory at one forward graph):
-    clipped surrogate on mb["advantages"] (weighted by mb["weights"]) + beta * KL to the reference."""
+    clipped surrogate on mb["advantages"] (weighted by mb["weights"]) + beta * KL to the reference,
+    computed on the rows of non-zero weight only (the same loss; ratio/clip/KL metrics over them)."""
+    mb, frac = drop_zero_weight_rows(mb)
     w = mb["weights"]
     for j in st.train_steps:
         out = step_log_prob(policy, mb, j, st)
         pg, ratio, clipped = clipped_surrogate(out.log_prob, mb["log_probs"][:, j],
                                                mb["advantages"], clip_range, weights=w)
-        loss, metrics = pg, {"policy_loss": pg.item(), "ratio": ratio.mean().item(),
-                             "clipfrac": clipped.float().mean().item()}
+        loss, metrics = pg, {"policy_loss": pg.item() * frac, "ratio": ratio.mean().item(),
+                             "clipfrac": clipped.float().mean().item(),
+                             "log_ratio_abs": (out.log_prob - mb["log_probs"][:, j]).abs().mean().item()}
         if beta > 0:
             kl = reference_kl(policy, mb, j, st, out)
             loss = loss + beta * (kl * w).mean()
             metrics["kl"] = kl.mean().item()
-        yield loss, metrics
+        yield loss * frac, metrics
