@@ -116,3 +116,21 @@ def run_summary(rows: List[dict], target: float) -> Dict[str, Optional[float]]:
             "epochs_to_target": first_reaching(c["epochs"], c["values"], target),
             "curve_seconds": c["seconds"].tolist(), "curve_reward": c["values"].tolist(),
             "curve_accuracy": acc["values"].tolist()}
+
+
+def variance_split(rewards) -> Dict[str, float]:
+    """Law of total variance over GRPO's two sources of within-prompt spread. rewards (P, K, M):
+    P prompts x K initial noises x M SDE-window draws per noise. Population variances (ddof 0), so
+    total = window + initial exactly. -> {"total": E_p Var_{k,m} r, "window": E_{p,k} Var_m r,
+    "initial": E_p Var_k E_m r, "window_fraction": window / total, "zero_same_x0": fraction of
+    (p, k) whose M draws all score alike, "zero_mixed": fraction of prompts whose K*M all do}."""
+    r = np.asarray(rewards, dtype=float)
+    p = r.shape[0]
+    total = float(r.reshape(p, -1).var(axis=1).mean())
+    window = float(r.var(axis=2).mean())
+    initial = float(r.mean(axis=2).var(axis=1).mean())
+    flat = r.reshape(p, -1)
+    return {"total": total, "window": window, "initial": initial,
+            "window_fraction": window / total if total > 0 else float("nan"),
+            "zero_same_x0": float((r.max(axis=2) == r.min(axis=2)).mean()),
+            "zero_mixed": float((flat.max(axis=1) == flat.min(axis=1)).mean())}

@@ -2,12 +2,13 @@
 
     flowrl init tiny-t2i                    # once: the base model (~10 min on 2 cores)
     python scripts/bench_tiny_t2i.py [--configs grpo.py:tiny_geneval ...] [--seeds 0 1 2]
-        [--max-seconds 150] [--eval-every 5] [--target 0.70] [--out DIR] [--plot PNG] [--set K=V ...]
+        [--max-seconds 150] [--eval-every 5] [--target 0.70] [--jobs 1] [--threads 2] [--out DIR]
+        [--plot PNG] [--set K=V ...]
     python scripts/bench_tiny_t2i.py --only-speedup [--speedup-epochs 4]   # 1 vs 2 processes
 
 Runs every config (default: each config/*.py with a `tiny_geneval` experiment, as shipped: nothing
-is tuned per seed) once per seed (`--set seed=S`; the evaluation set is fixed by eval.seed), one run
-at a time, each a fresh `flowrl train` process, optionally stopped once its fine-tuning time reaches
+is tuned per seed) once per seed (`--set seed=S`; the evaluation set is fixed by eval.seed), --jobs
+runs at a time, each a fresh `flowrl train` process, optionally stopped once its fine-tuning time reaches
 --max-seconds (train.max_seconds: sampling + reward + training, evaluation excluded; then a final
 evaluation). Runs are kept in --out and a finished run is not run again, so the table can be built
 in pieces. Prints one markdown table: per config the held-out reward and strict (GenEval) accuracy
@@ -81,22 +82,33 @@ def run_dir_of(out: Path, spec: str, seed: int) -> Path:
     return out / spec.replace(".py:", "_") / f"seed{seed}"
 
 
-def run_all(specs, seeds, out: Path, common, threads: int):
-    """Each (config, seed) not finished yet in `out`, one at a time; -> {spec: [run_dir, ...]}."""
-    dirs = {}
+def run_all(specs, seeds, out: Path, common, threads: int, jobs: int = 1):
+    """Each (config, seed) not finished yet in `out`, `jobs` at a time (config-major order, so a cut
+    run still has whole configs); -> {spec: [run_dir, ...]}."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+    dirs, todo = {}, []
     for spec in specs:
         for seed in seeds:
             d = run_dir_of(out, spec, seed)
             dirs.setdefault(spec, []).append(d)
-            if (d / "summary.json").exists():
-                continue
-            if d.exists():          # an interrupted run: start it again
-                import shutil
-                shutil.rmtree(d)
-            d.parent.mkdir(parents=True, exist_ok=True)
-            t0 = time.time()
+            if not (d / "summary.json").exists():
+                todo.append((spec, seed, d))
+
+    def one(job):
+        spec, seed, d = job
+        if d.exists():          # an interrupted run: start it again
+            shutil.rmtree(d)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        try:
             launch(d, 1, [*common, f"seed={seed}"], threads, spec)
             print(f"{spec} seed {seed}: wall {time.time() - t0:.0f} s", flush=True)
+        except subprocess.CalledProcessError as e:   # reported, left out of the table
+            print(f"{spec} seed {seed}: FAILED (exit {e.returncode}); see {d}", flush=True)
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        list(pool.map(one, todo))
     return dirs
 
 
@@ -190,6 +202,7 @@ def main():
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--target", type=float, default=0.70)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (each with --threads threads)")
     ap.add_argument("--out", default="", help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--plot", default="", help="PNG: held-out reward vs fine-tuning seconds")
     ap.add_argument("--speedup-epochs", type=int, default=0)
@@ -202,9 +215,9 @@ def main():
                   f"train.max_seconds={a.max_seconds}"]
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(a.out or tmp)
-            summary = summarize(run_all(specs, a.seeds, out, common, a.threads), a.target)
+            summary = summarize(run_all(specs, a.seeds, out, common, a.threads, a.jobs), a.target)
             cap = f", stopped at {a.max_seconds:.0f} s of fine-tuning" if a.max_seconds else ""
-            print(f"\nseeds {a.seeds}, {a.threads} threads, eval every {a.eval_every} epochs{cap}; "
+            print(f"\nseeds {a.seeds}, {a.jobs} run(s) at once x {a.threads} threads, eval every {a.eval_every} epochs{cap}; "
                   f"mean ± 95% t-interval half-width over seeds")
             print(table(summary, a.target))
             if a.plot:

@@ -68,3 +68,12 @@ def test_run_summary_of_a_two_evaluation_run():
     assert (s["seconds_to_target"], s["samples_to_target"], s["epochs_to_target"]) == (9.0, 256.0, 2.0)
     assert run_summary(rows, target=0.9)["seconds_to_target"] is None
     assert s["curve_seconds"] == [0.0, 4.0, 9.0] and s["curve_accuracy"] == [0.1, 0.2, 0.4]
+
+
+def test_variance_split_by_hand():
+    from flowrl.bench import variance_split
+    # one prompt, x0 #0 -> rewards 0, 1 ; x0 #1 -> 1, 1: total var of (0,1,1,1) = 0.1875
+    v = variance_split([[[0.0, 1.0], [1.0, 1.0]]])
+    assert v["total"] == pytest.approx(0.1875) and v["window"] == pytest.approx(0.125)
+    assert v["initial"] == pytest.approx(0.0625) and v["window_fraction"] == pytest.approx(2 / 3)
+    assert v["zero_same_x0"] == 0.5 and v["zero_mixed"] == 0.0
