@@ -54,7 +54,8 @@ def get_config():
 
     # Algorithm: `name` picks flowrl.registry.ALGORITHMS; the other keys are its options.
     c.algorithm = ml_collections.ConfigDict({"name": "grpo", "clip_range": 1e-4, "beta": 0.01,
-                                             "adv_clip_max": 5.0, "std_per_group": False})
+                                             "adv_clip_max": 5.0, "std_per_group": False,
+                                             "ratio_norm": False})
 
     # Reward = sum_k weights[k] * reward_k; options[k] are passed to reward k's factory.
     c.reward = ml_collections.ConfigDict()

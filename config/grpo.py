@@ -137,7 +137,8 @@ def pickscore():
     c.train.cfg = True
     c.train.ema, c.train.ema_decay, c.train.ema_every = True, 0.9, 8
     c.algorithm = ml_collections.ConfigDict({"name": "grpo", "clip_range": 1e-4, "beta": 0.01,
-                                             "adv_clip_max": 5.0, "std_per_group": False})
+                                             "adv_clip_max": 5.0, "std_per_group": False,
+                                             "ratio_norm": False})
     c.reward.weights = ml_collections.ConfigDict({"pickscore": 1.0})
     c.reward.options = ml_collections.ConfigDict({"pickscore": {
         "path": "yuvalkirstain/PickScore_v1", "processor_path": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}})
@@ -264,6 +265,16 @@ def tiny_geneval():
     return c
 
 
+def tiny_geneval_guard():
+    """tiny_geneval with GRPO-Guard's ratio normalisation (algorithm.ratio_norm): the clip acts on
+    the bias-free log-ratio mean((mu - mu_old) * eps), ~ s = 0.5-0.7 times Flow-GRPO's on the three
+    trained high-noise steps, so the clip range is scaled down with it."""
+    c = tiny_geneval()
+    c.algorithm.ratio_norm = True
+    c.algorithm.clip_range = 5e-3
+    return c
+
+
 # ------------------------------------------------------------------ 8x8 digits (sklearn), on a CPU
 def digits():
     """Class-conditional 8x8 digits (flowrl.policies.image_flow: a residual MLP flow that flowrl trains
@@ -308,7 +319,7 @@ EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity,
                "tiny_sd3": tiny_sd3, "tiny_sd3_ocr": tiny_sd3_ocr,
                "pickscore": pickscore, "pickscore_fast": pickscore_fast, "pickscore_nocfg": pickscore_nocfg,
                "clipscore": clipscore, "aesthetic": aesthetic, "ocr": ocr, "jpeg": jpeg,
-               "tiny_geneval": tiny_geneval}
+               "tiny_geneval": tiny_geneval, "tiny_geneval_guard": tiny_geneval_guard}
 
 
 def get_config(name="moons"):

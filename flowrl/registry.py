@@ -70,7 +70,8 @@ POLICIES = Registry("policy", ["flowrl.policies.toy2d", "flowrl.policies.sd3",
 ALGORITHMS = Registry("algorithm", ["flowrl.algorithms.grpo", "flowrl.algorithms.ddpo",
                                     "flowrl.algorithms.orw", "flowrl.algorithms.nft",
                                     "flowrl.algorithms.value_matching",
-                                    "flowrl.algorithms.dpo", "flowrl.algorithms.reward_backprop"])
+                                    "flowrl.algorithms.dpo", "flowrl.algorithms.reward_backprop",
+                                    "flowrl.algorithms.awm", "flowrl.algorithms.dgpo"])
 REWARDS = Registry("reward", ["flowrl.rewards.toy", "flowrl.rewards.jpeg", "flowrl.rewards.ocr",
                               "flowrl.rewards.clip", "flowrl.rewards.scene",
                               "flowrl.rewards.toy1d", "flowrl.rewards.digits"])

@@ -39,12 +39,12 @@ def _batch(weights):
 
 
 def test_drop_zero_weight_rows_by_hand():
-    kept, frac = drop_zero_weight_rows(_batch([1.0, 0.0, 1.0, 0.0]))
-    assert frac == 0.5 and kept["advantages"].tolist() == [1.0, 0.5]
-    one, frac = drop_zero_weight_rows(_batch([0.0, 0.0, 0.0, 0.0]))
-    assert len(one) == 1 and frac == 0.25
+    kept, frac, idx = drop_zero_weight_rows(_batch([1.0, 0.0, 1.0, 0.0]))
+    assert frac == 0.5 and kept["advantages"].tolist() == [1.0, 0.5] and idx.tolist() == [0, 2]
+    one, frac, idx = drop_zero_weight_rows(_batch([0.0, 0.0, 0.0, 0.0]))
+    assert len(one) == 1 and frac == 0.25 and idx.tolist() == [0]
     full = _batch([1.0, 1.0, 1.0, 1.0])
-    assert drop_zero_weight_rows(full) == (full, 1.0)
+    assert drop_zero_weight_rows(full) == (full, 1.0, None)
 
 
 def _grad(losses, policy):
