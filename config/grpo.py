@@ -275,6 +275,18 @@ def tiny_geneval_guard():
     return c
 
 
+def tiny_geneval_trust():
+    """tiny_geneval with the step set by the clip instead of the learning rate: with lr 1e-3 the
+    per-sample log-ratio moves ~1e-4 per epoch (|log rho| logged as log_ratio_abs), a hundred times
+    inside the 1e-2 clip, so the clip never acts and only the (small) lr bounds the update. Here lr
+    3e-3 (3x the movement) with the clip at 2e-4, where the ratios are: a trust region that stops a
+    sample's push once its ratio has moved. See scripts/bench_tiny_t2i.py for the 3-seed result."""
+    c = tiny_geneval()
+    c.train.lr = 3e-3
+    c.algorithm.clip_range = 2e-4
+    return c
+
+
 # ------------------------------------------------------------------ 8x8 digits (sklearn), on a CPU
 def digits():
     """Class-conditional 8x8 digits (flowrl.policies.image_flow: a residual MLP flow that flowrl trains
@@ -319,7 +331,8 @@ EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity,
                "tiny_sd3": tiny_sd3, "tiny_sd3_ocr": tiny_sd3_ocr,
                "pickscore": pickscore, "pickscore_fast": pickscore_fast, "pickscore_nocfg": pickscore_nocfg,
                "clipscore": clipscore, "aesthetic": aesthetic, "ocr": ocr, "jpeg": jpeg,
-               "tiny_geneval": tiny_geneval, "tiny_geneval_guard": tiny_geneval_guard}
+               "tiny_geneval": tiny_geneval, "tiny_geneval_guard": tiny_geneval_guard,
+               "tiny_geneval_trust": tiny_geneval_trust}
 
 
 def get_config(name="moons"):

@@ -205,6 +205,7 @@ def main():
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each with --threads threads)")
     ap.add_argument("--out", default="", help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--plot", default="", help="PNG: held-out reward vs fine-tuning seconds")
+    ap.add_argument("--no-run", action="store_true", help="only summarise the finished runs in --out")
     ap.add_argument("--speedup-epochs", type=int, default=0)
     ap.add_argument("--only-speedup", action="store_true")
     ap.add_argument("--set", nargs="*", default=[])
@@ -215,7 +216,9 @@ def main():
                   f"train.max_seconds={a.max_seconds}"]
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(a.out or tmp)
-            summary = summarize(run_all(specs, a.seeds, out, common, a.threads, a.jobs), a.target)
+            dirs = ({sp: [run_dir_of(out, sp, s) for s in a.seeds] for sp in specs} if a.no_run
+                    else run_all(specs, a.seeds, out, common, a.threads, a.jobs))
+            summary = summarize(dirs, a.target)
             cap = f", stopped at {a.max_seconds:.0f} s of fine-tuning" if a.max_seconds else ""
             print(f"\nseeds {a.seeds}, {a.jobs} run(s) at once x {a.threads} threads, eval every {a.eval_every} epochs{cap}; "
                   f"mean ± 95% t-interval half-width over seeds")
