@@ -134,3 +134,16 @@ def variance_split(rewards) -> Dict[str, float]:
             "window_fraction": window / total if total > 0 else float("nan"),
             "zero_same_x0": float((r.max(axis=2) == r.min(axis=2)).mean()),
             "zero_mixed": float((flat.max(axis=1) == flat.min(axis=1)).mean())}
+
+
+PHASES = ("encode", "sample", "decode", "reward", "train")
+
+
+def phase_split(rows: List[dict]) -> Dict[str, float]:
+    """Mean seconds per epoch of each phase (time_<phase>; "train" = time_train, the rest from the
+    trainer's timers, 0 where a method has no such phase) and "epoch" = time_collect + time_train,
+    over the epochs after the first (warm-up). -> {phase: seconds}."""
+    ep = [r for r in rows if r.get("epoch", 0) > 1] or [r for r in rows if r.get("epoch", 0) > 0]
+    out = {p: float(np.mean([r.get(f"time_{p}", 0.0) for r in ep])) for p in PHASES}
+    out["epoch"] = float(np.mean([r["time_collect"] + r["time_train"] for r in ep]))
+    return out

@@ -120,7 +120,7 @@ def eval_rewards(run_dir: Path, tag: str):
 
 def summarize(dirs, target: float):
     """{spec: {"runs": [run_summary, ...], "se": ..., "se_gain": ..., "n_eval": ...}}."""
-    from flowrl.bench import paired_standard_error, run_summary, standard_error
+    from flowrl.bench import paired_standard_error, phase_split, run_summary, standard_error
     out = {}
     for spec, runs in dirs.items():
         runs = [d for d in runs if (d / "summary.json").exists()]
@@ -128,8 +128,8 @@ def summarize(dirs, target: float):
             continue
         sums, se, se_gain = [], [], []
         for d in runs:
-            sums.append(run_summary([json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()],
-                                    target))
+            rows = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+            sums.append({**run_summary(rows, target), "split": phase_split(rows)})
             after, before = eval_rewards(d, "final"), eval_rewards(d, "base")
             se.append(standard_error(after))
             se_gain.append(paired_standard_error(after, before))
@@ -162,6 +162,17 @@ def table(summary, target: float) -> str:
             f"{base['accuracy_base'] or 0:.3f} -> {ci('accuracy', runs)} | {ci('seconds', runs, '{:.0f}')} | "
             f"{reached('seconds_to_target', runs, '{:.0f}')} | {reached('samples_to_target', runs, '{:.0f}')} | "
             f"{ci('diversity_kept', runs, '{:.2f}')} | {s['se']:.3f} ({s['se_gain']:.3f}) |")
+    return "\n".join(lines)
+
+
+def split_table(summary) -> str:
+    """Mean seconds per epoch of each phase (over seeds; first epoch dropped), per config."""
+    from flowrl.bench import PHASES
+    lines = ["| config | s/epoch | " + " | ".join(PHASES) + " |", "| --- " * (len(PHASES) + 2) + "|"]
+    for spec, s in summary.items():
+        m = {k: statistics.mean(r["split"][k] for r in s["runs"]) for k in (*PHASES, "epoch")}
+        lines.append(f"| `{spec}` | {m['epoch']:.1f} | " + " | ".join(
+            f"{m[p]:.1f} ({m[p] / m['epoch']:.0%})" for p in PHASES) + " |")
     return "\n".join(lines)
 
 
@@ -223,6 +234,8 @@ def main():
             print(f"\nseeds {a.seeds}, {a.jobs} run(s) at once x {a.threads} threads, eval every {a.eval_every} epochs{cap}; "
                   f"mean ± 95% t-interval half-width over seeds")
             print(table(summary, a.target))
+            print("\nper-phase seconds per epoch (mean over seeds, first epoch dropped; share of the epoch)")
+            print(split_table(summary))
             if a.plot:
                 plot(summary, a.target, Path(a.plot))
                 print(f"plot: {a.plot}")

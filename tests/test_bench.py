@@ -77,3 +77,14 @@ def test_variance_split_by_hand():
     assert v["total"] == pytest.approx(0.1875) and v["window"] == pytest.approx(0.125)
     assert v["initial"] == pytest.approx(0.0625) and v["window_fraction"] == pytest.approx(2 / 3)
     assert v["zero_same_x0"] == 0.5 and v["zero_mixed"] == 0.0
+
+
+def test_phase_split_drops_the_warm_up_epoch():
+    from flowrl.bench import phase_split
+    rows = [{"epoch": 0, "eval_reward": 0.5},
+            {"epoch": 1, "time_sample": 9.0, "time_train": 9.0, "time_collect": 9.0},
+            {"epoch": 2, "time_sample": 2.0, "time_reward": 1.0, "time_train": 3.0, "time_collect": 3.5},
+            {"epoch": 3, "time_sample": 4.0, "time_reward": 1.0, "time_train": 5.0, "time_collect": 5.5}]
+    s = phase_split(rows)
+    assert (s["sample"], s["reward"], s["train"], s["decode"]) == (3.0, 1.0, 4.0, 0.0)
+    assert s["epoch"] == 8.5
