@@ -47,6 +47,7 @@ def get_config():
     c.train.max_grad_norm = 1.0      # gradient-norm clip per optimizer step
     c.train.max_seconds = 0.0        # > 0: stop (final eval + save) once fine-tuning seconds (sampling +
                                      # training, evaluation excluded) reach this; counted from this start
+    c.train.budget_clock = "wall"    # "cpu": count this process's CPU seconds (robust on a shared CPU)
     c.train.cfg = True               # re-evaluate velocities with CFG in training (if guidance > 1)
     c.train.ema = False              # keep an EMA of the trainable weights (used for evaluation)
     c.train.ema_decay = 0.9

@@ -42,17 +42,18 @@ def mean_interval(values: Sequence[float]) -> Dict[str, float]:
     return {"mean": m, "lo": m - half, "hi": m + half, "half": half, "n": len(x)}
 
 
-def learning_curve(rows: List[dict], key: str = "eval_reward") -> Dict[str, np.ndarray]:
+def learning_curve(rows: List[dict], key: str = "eval_reward", clock: str = "time") -> Dict[str, np.ndarray]:
     """A run's evaluations against its cumulative fine-tuning work. rows: metrics.jsonl rows, row 0
     the base model's evaluation (epoch 0), then one per epoch with time_collect + time_train
     (seconds, evaluation excluded) and reward_samples_per_rank (samples drawn per process).
     -> {"seconds" (E,), "samples" (E,), "epochs" (E,), "values" (E,)} over the E rows that carry
-    `key` (the base row at 0 s, 0 samples)."""
+    `key` (the base row at 0 s, 0 samples). clock "time": wall seconds, "cpu": the process's CPU
+    seconds (cpu_collect + cpu_train, all threads: robust to other jobs on a shared CPU)."""
     secs, samples = 0.0, 0
     out = {"seconds": [], "samples": [], "epochs": [], "values": []}
     for r in rows:
         if r.get("epoch", 0) > 0:
-            secs += r["time_collect"] + r["time_train"]
+            secs += r[f"{clock}_collect"] + r[f"{clock}_train"]
             samples += int(sum(r.get("reward_samples_per_rank", [0])))
         if key in r:
             for k, v in (("seconds", secs), ("samples", samples), ("epochs", r.get("epoch", 0)),
@@ -96,12 +97,12 @@ def paired_standard_error(after: Sequence[float], before: Sequence[float]) -> fl
     return standard_error(np.asarray(after, dtype=float) - np.asarray(before, dtype=float))
 
 
-def run_summary(rows: List[dict], target: float) -> Dict[str, Optional[float]]:
+def run_summary(rows: List[dict], target: float, clock: str = "time") -> Dict[str, Optional[float]]:
     """One run's figures from its metrics rows (see learning_curve): base and final held-out reward,
     strict accuracy (eval_scene_accuracy, if logged), diversity kept (final / base eval_diversity),
     fine-tuning seconds and samples in all, and seconds / samples / epochs at the first evaluation
-    with reward >= target (None if never)."""
-    c = learning_curve(rows)
+    with reward >= target (None if never); seconds on `clock` (see learning_curve)."""
+    c = learning_curve(rows, clock=clock)
     evals = [r for r in rows if "eval_reward" in r]
     base, last = evals[0], evals[-1]
     acc = learning_curve(rows, "eval_scene_accuracy")

@@ -307,7 +307,8 @@ class Trainer:
         spent = 0.0
         for epoch in range(self.start_epoch, c.num_epochs):
             row = self.epoch(epoch)
-            done, spent = epoch + 1, spent + row["time_collect"] + row["time_train"]
+            clock = "cpu" if c.train.budget_clock == "cpu" else "time"
+            done, spent = epoch + 1, spent + row[f"{clock}_collect"] + row[f"{clock}_train"]
             last = done == c.num_epochs or self._budget_spent(spent)
             if c.eval.every and done % c.eval.every == 0 and not last:
                 row["eval_reward"] = self.evaluate(f"step_{done}")
@@ -335,11 +336,11 @@ class Trainer:
 
     def epoch(self, epoch: int) -> Dict:
         self.timers = defaultdict(float)
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         st = self.step_settings(epoch)
         self.policy.net.eval()
         batch = self.collect(epoch, st)
-        t1 = time.time()
+        t1, c1 = time.time(), time.process_time()
         gathered = self.gather(batch)
         row = {"epoch": epoch + 1, "reward_mean": float(gathered["rewards"].mean()),
                "reward_std": float(gathered["rewards"].std())}
@@ -351,7 +352,8 @@ class Trainer:
         row["reward_samples_per_rank"] = counts.tolist()   # each rank scores only its own samples
         row.update(self.optimize(batch, st, epoch))
         row.update({f"time_{k}": v for k, v in self.timers.items()})
-        row.update(time_collect=t1 - t0, time_train=time.time() - t1)
+        row.update(time_collect=t1 - t0, time_train=time.time() - t1,   # wall; cpu_*: this process's
+                   cpu_collect=c1 - c0, cpu_train=time.process_time() - c1)   # CPU (all threads)
         if os.environ.get("FLOWRL_DUMP_DIR"):
             self._dump(epoch, batch)
         return row

@@ -118,7 +118,7 @@ def eval_rewards(run_dir: Path, tag: str):
     return [r["reward"] for r in sorted(rows, key=lambda r: r["index"])]
 
 
-def summarize(dirs, target: float):
+def summarize(dirs, target: float, clock: str = "time"):
     """{spec: {"runs": [run_summary, ...], "se": ..., "se_gain": ..., "n_eval": ...}}."""
     from flowrl.bench import paired_standard_error, phase_split, run_summary, standard_error
     out = {}
@@ -129,7 +129,7 @@ def summarize(dirs, target: float):
         sums, se, se_gain = [], [], []
         for d in runs:
             rows = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
-            sums.append({**run_summary(rows, target), "split": phase_split(rows)})
+            sums.append({**run_summary(rows, target, clock), "split": phase_split(rows)})
             after, before = eval_rewards(d, "final"), eval_rewards(d, "base")
             se.append(standard_error(after))
             se_gain.append(paired_standard_error(after, before))
@@ -138,7 +138,7 @@ def summarize(dirs, target: float):
     return out
 
 
-def table(summary, target: float) -> str:
+def table(summary, target: float, unit: str = "s") -> str:
     from flowrl.bench import mean_interval
 
     def ci(key, runs, fmt="{:.3f}"):
@@ -151,7 +151,7 @@ def table(summary, target: float) -> str:
         hits = [r[key] for r in runs if r[key] is not None]
         return (fmt.format(statistics.mean(hits)) if hits else "-") + f" ({len(hits)}/{len(runs)})"
 
-    lines = [f"| config | seeds | held-out reward | strict accuracy | fine-tune s | s to {target} | "
+    lines = [f"| config | seeds | held-out reward | strict accuracy | fine-tune {unit} | {unit} to {target} | "
              f"samples to {target} | diversity kept | eval SE (gain SE) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for spec, s in summary.items():
@@ -176,7 +176,7 @@ def split_table(summary) -> str:
     return "\n".join(lines)
 
 
-def plot(summary, target: float, path: Path, points: int = 60) -> None:
+def plot(summary, target: float, path: Path, points: int = 60, unit: str = "seconds") -> None:
     """Held-out reward vs fine-tuning seconds: per config the mean over seeds on a common grid (up to
     the shortest run) with its 95% t-interval as a band, and each seed's evaluations as dots."""
     import matplotlib
@@ -195,7 +195,7 @@ def plot(summary, target: float, path: Path, points: int = 60) -> None:
         for r in runs:
             ax.plot(r["curve_seconds"], r["curve_reward"], ".", color=line.get_color(), alpha=0.5, ms=4)
     ax.axhline(target, color="grey", ls="--", lw=1)
-    ax.set_xlabel("fine-tuning seconds (sampling + reward + training; evaluation excluded)")
+    ax.set_xlabel(f"fine-tuning {unit} (sampling + reward + training; evaluation excluded)")
     ax.set_ylabel("held-out reward (scene_geneval)")
     ax.set_title("tiny text-to-image world: mean and 95% interval over seeds")
     ax.legend(fontsize=8)
@@ -213,6 +213,8 @@ def main():
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--target", type=float, default=0.70)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="seconds = wall clock, or each run's CPU seconds (all threads; robust on a shared CPU)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each with --threads threads)")
     ap.add_argument("--out", default="", help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--plot", default="", help="PNG: held-out reward vs fine-tuning seconds")
@@ -224,20 +226,21 @@ def main():
     if not a.only_speedup:
         specs = a.configs or tiny_geneval_configs()
         common = [*a.set, f"eval.every={a.eval_every}", "checkpoint.every=0", "logging.progress=False",
-                  f"train.max_seconds={a.max_seconds}"]
+                  f"train.max_seconds={a.max_seconds}", f"train.budget_clock={a.clock}"]
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(a.out or tmp)
             dirs = ({sp: [run_dir_of(out, sp, s) for s in a.seeds] for sp in specs} if a.no_run
                     else run_all(specs, a.seeds, out, common, a.threads, a.jobs))
-            summary = summarize(dirs, a.target)
-            cap = f", stopped at {a.max_seconds:.0f} s of fine-tuning" if a.max_seconds else ""
+            clock, unit = ("cpu", "CPU s") if a.clock == "cpu" else ("time", "s")
+            summary = summarize(dirs, a.target, clock)
+            cap = f", stopped at {a.max_seconds:.0f} {a.clock} s of fine-tuning" if a.max_seconds else ""
             print(f"\nseeds {a.seeds}, {a.jobs} run(s) at once x {a.threads} threads, eval every {a.eval_every} epochs{cap}; "
                   f"mean ± 95% t-interval half-width over seeds")
-            print(table(summary, a.target))
+            print(table(summary, a.target, unit))
             print("\nper-phase seconds per epoch (mean over seeds, first epoch dropped; share of the epoch)")
             print(split_table(summary))
             if a.plot:
-                plot(summary, a.target, Path(a.plot))
+                plot(summary, a.target, Path(a.plot), unit=unit.replace("s", "seconds"))
                 print(f"plot: {a.plot}")
     if a.speedup_epochs or a.only_speedup:
         speedup(a.speedup_epochs or 4, a.set)

@@ -88,3 +88,10 @@ def test_phase_split_drops_the_warm_up_epoch():
     s = phase_split(rows)
     assert (s["sample"], s["reward"], s["train"], s["decode"]) == (3.0, 1.0, 4.0, 0.0)
     assert s["epoch"] == 8.5
+
+
+def test_learning_curve_on_the_cpu_clock():
+    rows = [{"epoch": 0, "eval_reward": 0.5},
+            {"epoch": 1, "time_collect": 9.0, "time_train": 9.0, "cpu_collect": 1.0, "cpu_train": 2.5,
+             "eval_reward": 0.6}]
+    assert learning_curve(rows, clock="cpu")["seconds"].tolist() == [0.0, 3.5]

@@ -143,9 +143,11 @@ def test_collapse_alarm_fires_on_a_collapsing_run(tmp_path, capsys):
 
 
 def test_time_budget_stops_after_the_epoch_that_spends_it_with_a_final_eval_and_save(tmp_path):
-    cfg = fast_config("num_epochs=50", "eval.every=0", "checkpoint.every=0", "train.max_seconds=1e-9")
+    cfg = fast_config("num_epochs=50", "eval.every=0", "checkpoint.every=0", "train.max_seconds=1e-9",
+                      "train.budget_clock=cpu")
     summary = Trainer(cfg, tmp_path / "run").train()
-    r = rows(tmp_path / "run")
+    r = rows(tmp_path / "run", drop_time=False)
     assert [x["epoch"] for x in r] == [0, 1] and "eval_reward" in r[1]     # one epoch, then final eval
     assert summary["reward_after"] == r[1]["eval_reward"]
     assert list_checkpoints(tmp_path / "run")                               # the end is saved
+    assert 0 < r[1]["cpu_collect"] and 0 < r[1]["cpu_train"]               # this process's CPU seconds
