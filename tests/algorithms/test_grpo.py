@@ -54,16 +54,22 @@ def _grad(losses, policy):
     return float(total), policy.w.grad.clone()
 
 
+@pytest.mark.parametrize("guard", [False, True])
 @pytest.mark.parametrize("weights", [[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
-def test_same_loss_and_gradient_as_the_full_weighted_batch(weights):
+def test_same_loss_and_gradient_as_the_full_weighted_batch(weights, guard):
+    from flowrl.algorithms.grpo_guard import guard_log_ratio
     policy, mb, beta, clip = LinearFlow(), _batch(weights), 0.3, 0.05
+    old_means = torch.randn(4, 2, 2, generator=torch.Generator().manual_seed(1)) if guard else None
     full = []          # the definition: weighted mean over ALL rows, every row re-scored
-    for j in ST.train_steps:
+    for t, j in enumerate(ST.train_steps):
         out = step_log_prob(policy, mb, j, ST)
-        pg, _, _ = clipped_surrogate(out.log_prob, mb["log_probs"][:, j], mb["advantages"], clip, mb["weights"])
+        lr = (guard_log_ratio(out.log_prob, mb["log_probs"][:, j], out.mean, old_means[:, t], out.std) if guard
+              else out.log_prob - mb["log_probs"][:, j])
+        pg, _, _ = clipped_surrogate(lr, torch.zeros_like(lr), mb["advantages"], clip, mb["weights"])
         full.append(pg + beta * (reference_kl(policy, mb, j, ST, out) * mb["weights"]).mean())
     want_loss, want_grad = _grad(full, policy)
-    got_loss, got_grad = _grad([l for l, _ in clipped_step_losses(policy, mb, ST, clip, beta)], policy)
+    got_loss, got_grad = _grad([l for l, _ in clipped_step_losses(policy, mb, ST, clip, beta, old_means)],
+                               policy)
     assert got_loss == pytest.approx(want_loss, abs=1e-7)
     assert torch.allclose(got_grad, want_grad, atol=1e-7)
     assert (want_grad.abs().sum() > 0) == any(w > 0 for w in weights)
