@@ -190,7 +190,7 @@ def plot(summary, target: float, path: Path, points: int = 60, unit: str = "seco
         end = min(r["curve_seconds"][-1] for r in runs)
         grid = np.linspace(0, end, points)
         b = band(np.stack([on_grid(r["curve_seconds"], r["curve_reward"], grid) for r in runs]))
-        line, = ax.plot(grid, b["mean"], label=f"{spec.split('.py')[0]} ({len(runs)} seeds)")
+        line, = ax.plot(grid, b["mean"], label=f"{spec.replace('.py:', ':')} ({len(runs)} seeds)")
         ax.fill_between(grid, b["lo"], b["hi"], color=line.get_color(), alpha=0.2, linewidth=0)
         for r in runs:
             ax.plot(r["curve_seconds"], r["curve_reward"], ".", color=line.get_color(), alpha=0.5, ms=4)
