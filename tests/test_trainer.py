@@ -20,7 +20,7 @@ def fast_config(*extra):
 
 def rows(run_dir, drop_time=True):
     out = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not (drop_time and k.startswith("time_"))} for r in out]
+    return [{k: v for k, v in r.items() if not (drop_time and k.startswith(("time_", "cpu_")))} for r in out]
 
 
 def test_reward_rises_and_parameters_change(tmp_path):
