@@ -49,6 +49,9 @@ def get_config():
                                      # "stop": skip the step, stop after max_nonfinite_steps in a row;
                                      # "skip": skip and count it (metrics `skipped_steps`), never stop
     c.train.max_nonfinite_steps = 3  # consecutive non-finite optimizer steps before "stop" raises
+    c.train.max_seconds = 0.0        # > 0: stop (final eval + save) once fine-tuning seconds (sampling +
+                                     # training, evaluation excluded) reach this; counted from this start
+    c.train.budget_clock = "wall"    # "cpu": count this process's CPU seconds (robust on a shared CPU)
     c.train.cfg = True               # re-evaluate velocities with CFG in training (if guidance > 1)
     c.train.ema = False              # keep an EMA of the trainable weights (used for evaluation)
     c.train.ema_decay = 0.9
@@ -56,7 +59,8 @@ def get_config():
 
     # Algorithm: `name` picks flowrl.registry.ALGORITHMS; the other keys are its options.
     c.algorithm = ml_collections.ConfigDict({"name": "grpo", "clip_range": 1e-4, "beta": 0.01,
-                                             "adv_clip_max": 5.0, "std_per_group": False})
+                                             "adv_clip_max": 5.0, "std_per_group": False,
+                                             "ratio_norm": False})
 
     # Reward = sum_k weights[k] * reward_k; options[k] are passed to reward k's factory.
     c.reward = ml_collections.ConfigDict()

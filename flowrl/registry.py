@@ -72,7 +72,8 @@ ALGORITHMS = Registry("algorithm", ["flowrl.algorithms.grpo", "flowrl.algorithms
                                     "flowrl.algorithms.orw", "flowrl.algorithms.nft",
                                     "flowrl.algorithms.value_matching",
                                     "flowrl.algorithms.dpo", "flowrl.algorithms.reward_backprop",
-                                    "flowrl.algorithms.human_online"])
+                                    "flowrl.algorithms.human_online",
+                                    "flowrl.algorithms.awm", "flowrl.algorithms.dgpo"])
 REWARDS = Registry("reward", ["flowrl.rewards.toy", "flowrl.rewards.jpeg", "flowrl.rewards.ocr",
                               "flowrl.rewards.clip", "flowrl.rewards.scene",
                               "flowrl.rewards.toy1d", "flowrl.rewards.digits",

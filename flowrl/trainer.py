@@ -356,32 +356,44 @@ class Trainer:
             self.log.write({"epoch": 0, "eval_reward": self.reward_before, **self.eval_extra})
             self.print(f"base model: eval reward {self.reward_before:.4f}")
         bar = _progress(self.start_epoch, c.num_epochs, self.is_main and c.logging.progress)
+        spent = 0.0
         for epoch in range(self.start_epoch, c.num_epochs):
             row = self.epoch(epoch)
-            done = epoch + 1
-            if c.eval.every and done % c.eval.every == 0 and done < c.num_epochs:
+            clock = "cpu" if c.train.budget_clock == "cpu" else "time"
+            done, spent = epoch + 1, spent + row[f"{clock}_collect"] + row[f"{clock}_train"]
+            last = done == c.num_epochs or self._budget_spent(spent)
+            if c.eval.every and done % c.eval.every == 0 and not last:
                 row["eval_reward"] = self.evaluate(f"step_{done}")
                 row.update(self.eval_extra)
-            if done == c.num_epochs:
+            if last:
                 row["eval_reward"] = self.evaluate("final")
                 row.update(self.eval_extra)
             self.log.write(row)
             self.acc.log({k: v for k, v in row.items() if k != "epoch"}, step=done)
-            if (c.checkpoint.every and done % c.checkpoint.every == 0) or done == c.num_epochs:
+            if (c.checkpoint.every and done % c.checkpoint.every == 0) or last:
                 self.save(done)
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row.get('kl', 0.0):.2e}")
+            if last:
+                break
         bar.close()
         return self.finish(t0)
 
+    def _budget_spent(self, spent: float) -> bool:
+        """train.max_seconds > 0: has any rank's fine-tuning time reached it? (all ranks agree)"""
+        if self.c.train.max_seconds <= 0:
+            return False
+        return float(self.acc.gather(torch.tensor([spent], device=self.acc.device)).max()) >= \
+            self.c.train.max_seconds
+
     def epoch(self, epoch: int) -> Dict:
         self.timers = defaultdict(float)
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         st = self.step_settings(epoch)
         self.policy.net.eval()
         with where(f"epoch {epoch + 1}"):
             batch = self.collect(epoch, st)
-        t1 = time.time()
+        t1, c1 = time.time(), time.process_time()
         gathered = self.gather(batch)
         row = {"epoch": epoch + 1, "reward_mean": float(gathered["rewards"].mean()),
                "reward_std": float(gathered["rewards"].std())}
@@ -393,7 +405,8 @@ class Trainer:
         row["reward_samples_per_rank"] = counts.tolist()   # each rank scores only its own samples
         row.update(self.optimize(batch, st, epoch))
         row.update({f"time_{k}": v for k, v in self.timers.items()})
-        row.update(time_collect=t1 - t0, time_train=time.time() - t1)
+        row.update(time_collect=t1 - t0, time_train=time.time() - t1,   # wall; cpu_*: this process's
+                   cpu_collect=c1 - c0, cpu_train=time.process_time() - c1)   # CPU (all threads)
         if os.environ.get("FLOWRL_DUMP_DIR"):
             self._dump(epoch, batch)
         return row

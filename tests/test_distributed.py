@@ -45,7 +45,7 @@ def launch(run_dir: Path, dump: Path, epochs: int, config_file: str, resume: boo
 
 def metrics(run_dir: Path):
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith(("time_", "cpu_"))} for r in rows]
 
 
 def check_ranks(run_dir: Path, dump: Path, epochs: int, per_rank: int = 64, groups: int = 4):

@@ -20,7 +20,7 @@ def fast_config(*extra):
 
 def rows(run_dir, drop_time=True):
     out = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not (drop_time and k.startswith("time_"))} for r in out]
+    return [{k: v for k, v in r.items() if not (drop_time and k.startswith(("time_", "cpu_")))} for r in out]
 
 
 def test_reward_rises_and_parameters_change(tmp_path):
@@ -140,3 +140,14 @@ def test_collapse_alarm_fires_on_a_collapsing_run(tmp_path, capsys):
     evals = [r for r in rows(tmp_path / "run") if "eval_diversity" in r]
     assert evals[0]["epoch"] == 0 and evals[-1]["eval_diversity"] < 0.5 * evals[0]["eval_diversity"]
     assert "diversity alarm" in capsys.readouterr().out
+
+
+def test_time_budget_stops_after_the_epoch_that_spends_it_with_a_final_eval_and_save(tmp_path):
+    cfg = fast_config("num_epochs=50", "eval.every=0", "checkpoint.every=0", "train.max_seconds=1e-9",
+                      "train.budget_clock=cpu")
+    summary = Trainer(cfg, tmp_path / "run").train()
+    r = rows(tmp_path / "run", drop_time=False)
+    assert [x["epoch"] for x in r] == [0, 1] and "eval_reward" in r[1]     # one epoch, then final eval
+    assert summary["reward_after"] == r[1]["eval_reward"]
+    assert list_checkpoints(tmp_path / "run")                               # the end is saved
+    assert 0 < r[1]["cpu_collect"] and 0 < r[1]["cpu_train"]               # this process's CPU seconds

@@ -2,7 +2,7 @@
 ratio on every trained SDE step, and a KL penalty to the frozen base (LoRA adapter off)."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -32,18 +32,19 @@ def step_log_prob(policy, batch: Batch, j: int, st: RolloutSettings):
 @ALGORITHMS.register("grpo")
 class GRPO(AlgorithmBase):
     """Options (config.algorithm): clip_range (epsilon of the ratio clip), beta (KL coefficient),
-    adv_clip_max (|A| bound), std_per_group (normalise by the group's std instead of the global)."""
+    adv_clip_max (|A| bound), std_per_group (normalise by the group's std instead of the global),
+    ratio_norm (GRPO-Guard: clip the bias-free, step-normalised ratio of flowrl.algorithms.grpo_guard;
+    its log-ratios are ~ s times Flow-GRPO's, s the transition std, so retune clip_range)."""
 
     sampling = "sde"
 
     def __init__(self, clip_range: float = 1e-4, beta: float = 0.01, adv_clip_max: float = 5.0,
-                 std_per_group: bool = False):
+                 std_per_group: bool = False, ratio_norm: bool = False):
         if clip_range <= 0 or beta < 0 or adv_clip_max <= 0:
             raise ValueError("algorithm: need clip_range > 0, beta >= 0, adv_clip_max > 0")
         self.clip_range, self.beta = clip_range, beta
         self.adv_clip_max, self.std_per_group = adv_clip_max, std_per_group
-
-
+        self.ratio_norm, self._pending, self._old_means = ratio_norm, None, None
 
     def prepare(self, policy, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
         """Advantages over the GLOBAL batch (all ranks), then this rank's rows. Groups with zero
@@ -52,6 +53,9 @@ class GRPO(AlgorithmBase):
                                      clip=self.adv_clip_max)
         batch["advantages"] = adv[rank_slice].to(batch["latents"].device)
         batch["weights"] = (~zero[rank_slice]).float().to(batch["latents"].device)
+        if self.ratio_norm:   # old means are computed at the first loss_terms call (it knows st)
+            batch["guard_row"] = torch.arange(len(batch), device=batch["latents"].device)
+            self._pending, self._old_means = batch, None
         return {"zero_std_fraction": zero.float().mean().item(), "adv_abs": adv.abs().mean().item()}
 
     def num_loss_terms(self, num_train_steps: int) -> int:
@@ -59,7 +63,14 @@ class GRPO(AlgorithmBase):
         return num_train_steps
 
     def loss_terms(self, policy, mb: Batch, st: RolloutSettings) -> Iterator[Tuple[torch.Tensor, Dict]]:
-        return clipped_step_losses(policy, mb, st, self.clip_range, self.beta)
+        old_means = None
+        if self.ratio_norm:
+            if self._pending is not None:   # before the epoch's first update: the sampling policy
+                from flowrl.algorithms.grpo_guard import old_transition_means
+                self._old_means = old_transition_means(policy, self._pending, st, st.train_steps)
+                self._pending = None
+            old_means = self._old_means[mb["guard_row"]]
+        return clipped_step_losses(policy, mb, st, self.clip_range, self.beta, old_means)
 
 
 def reference_kl(policy, mb: Batch, j: int, st: RolloutSettings, out) -> torch.Tensor:
@@ -73,19 +84,44 @@ def reference_kl(policy, mb: Batch, j: int, st: RolloutSettings, out) -> torch.T
     return kl_same_std(out.mean, mean_ref, out.std)
 
 
-def clipped_step_losses(policy, mb: Batch, st: RolloutSettings, clip_range: float,
-                        beta: float) -> Iterator[Tuple[torch.Tensor, Dict]]:
+def drop_zero_weight_rows(mb: Batch) -> Tuple[Batch, float, Optional[torch.Tensor]]:
+    """Rows of weight 0 (zero-spread groups) add nothing to a weighted-mean loss: keep the others
+    (at least one row, so every process runs the same backward passes). -> (kept rows, kept / all,
+    their index (None: all kept)): mean over the kept rows x the fraction = the mean over all rows,
+    without their forward passes."""
+    keep = (mb["weights"] > 0).nonzero().flatten()
+    if len(keep) == len(mb):
+        return mb, 1.0, None
+    if len(keep) == 0:
+        keep = torch.zeros(1, dtype=torch.long)
+        return mb.select(keep), 1.0 / len(mb), keep
+    return mb.select(keep), len(keep) / len(mb), keep
+
+
+def clipped_step_losses(policy, mb: Batch, st: RolloutSettings, clip_range: float, beta: float,
+                        old_means: Optional[torch.Tensor] = None) -> Iterator[Tuple[torch.Tensor, Dict]]:
     """One loss per trained step j (backward per step keeps memory at one forward graph):
-    clipped surrogate on mb["advantages"] (weighted by mb["weights"]) + beta * KL to the reference."""
+    clipped surrogate on mb["advantages"] (weighted by mb["weights"]) + beta * KL to the reference,
+    computed on the rows of non-zero weight only (the same loss; ratio/clip/KL metrics over them).
+    old_means (B, len(train_steps), *shape): the sampling policy's transition means -> the
+    GRPO-Guard ratio (flowrl.algorithms.grpo_guard) instead of Flow-GRPO's."""
+    mb, frac, kept = drop_zero_weight_rows(mb)
+    if old_means is not None and kept is not None:
+        old_means = old_means[kept.to(old_means.device)]
     w = mb["weights"]
-    for j in st.train_steps:
+    for t, j in enumerate(st.train_steps):
         out = step_log_prob(policy, mb, j, st)
-        pg, ratio, clipped = clipped_surrogate(out.log_prob, mb["log_probs"][:, j],
+        log_ratio = out.log_prob - mb["log_probs"][:, j]
+        if old_means is not None:
+            from flowrl.algorithms.grpo_guard import guard_log_ratio
+            log_ratio = guard_log_ratio(out.log_prob, mb["log_probs"][:, j], out.mean, old_means[:, t], out.std)
+        pg, ratio, clipped = clipped_surrogate(log_ratio, torch.zeros_like(log_ratio),
                                                mb["advantages"], clip_range, weights=w)
-        loss, metrics = pg, {"policy_loss": pg.item(), "ratio": ratio.mean().item(),
-                             "clipfrac": clipped.float().mean().item()}
+        loss, metrics = pg, {"policy_loss": pg.item() * frac, "ratio": ratio.mean().item(),
+                             "clipfrac": clipped.float().mean().item(),
+                             "log_ratio_abs": (out.log_prob - mb["log_probs"][:, j]).abs().mean().item()}
         if beta > 0:
             kl = reference_kl(policy, mb, j, st, out)
             loss = loss + beta * (kl * w).mean()
             metrics["kl"] = kl.mean().item()
-        yield loss, metrics
+        yield loss * frac, metrics

@@ -179,7 +179,7 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path):
     import json
 
     def rows(d):
-        return [{k: v for k, v in json.loads(line).items() if not k.startswith("time_")}
+        return [{k: v for k, v in json.loads(line).items() if not k.startswith(("time_", "cpu_"))}
                 for line in (d / "metrics.jsonl").read_text().splitlines()]
     _run(tmp_path / "full", "num_epochs=3", "checkpoint.every=1", "eval.every=0")
     _run(tmp_path / "cut", "num_epochs=2", "checkpoint.every=1", "eval.every=0")

@@ -1,0 +1,50 @@
+"""Advantage Weighted Matching experiments (arXiv 2509.25050, scxue/advantage_weighted_matching).
+Pick one with `--config awm.py:NAME`.
+
+Deterministic (ODE) rollouts; the loss is the pre-training flow-matching loss on the policy's own
+final samples at k drawn sigmas, weighted by the (scaled) group advantage. No log-probs.
+"""
+import ml_collections
+
+from flowrl.config import sibling
+
+grpo = sibling(__file__, "grpo")
+
+
+def _algorithm(**over):
+    a = {"name": "awm", "adv_clip_max": 5.0, "advantage_max": 1.0, "std_per_group": False,
+         "weighting": "ghuber", "ghuber_power": 0.25, "kl_beta": 0.0, "timesteps_per_sample": 0,
+         "seed": 0}
+    a.update(over)
+    return ml_collections.ConfigDict(a)
+
+
+def moons():
+    """Two moons unlearning (reward P(upper moon)); grpo.py:moons' model, batches and evaluation.
+    AWM's paper defaults (ghuber p = 1/4, advantages scaled to [-1, 1]), k = 10 sigmas per sample."""
+    c = grpo.moons()
+    c.algorithm = _algorithm()
+    c.train.lr = 1e-3
+    return c
+
+
+def tiny_geneval():
+    """The tiny text-to-image world (grpo.py:tiny_geneval's model, prompts, batches and evaluation)
+    with AWM on LoRA: ODE rollouts with CFG 4.5 (10 steps), the matching loss on the CFG velocity
+    (train.cfg, as the samples come from it), group-std advantages, 4 sigmas per sample per epoch
+    drawn from the schedule without sigma = 1."""
+    c = grpo.tiny_geneval()
+    c.algorithm = _algorithm(std_per_group=True, timesteps_per_sample=4, kl_beta=0.0)
+    c.sample.sde_window_size = 0
+    c.train.lr = 1e-3
+    c.num_epochs = 30
+    return c
+
+
+EXPERIMENTS = {"moons": moons, "tiny_geneval": tiny_geneval}
+
+
+def get_config(name="moons"):
+    if name not in EXPERIMENTS:
+        raise KeyError(f"awm.py has no experiment {name!r}; known: {sorted(EXPERIMENTS)}")
+    return EXPERIMENTS[name]()
