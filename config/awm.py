@@ -36,7 +36,7 @@ def tiny_geneval():
     c = grpo.tiny_geneval()
     c.algorithm = _algorithm(std_per_group=True, timesteps_per_sample=4, kl_beta=0.0)
     c.sample.sde_window_size = 0
-    c.train.lr = 1e-3
+    c.train.lr = 3e-3    # 1e-3: training reward flat (0.53-0.56) over 4 epochs; 3e-3: 0.60 by epoch 2
     c.num_epochs = 30
     return c
 
