@@ -32,12 +32,16 @@ def tiny_geneval():
     """The tiny text-to-image world (grpo.py:tiny_geneval's model, prompts, batches and evaluation)
     with AWM on LoRA: ODE rollouts with CFG 4.5 (10 steps), the matching loss on the CFG velocity
     (train.cfg, as the samples come from it), group-std advantages, 4 sigmas per sample per epoch
-    drawn from the schedule without sigma = 1."""
+    drawn from the schedule without sigma = 1. Measured (1 thread, contended box, base build 0.500):
+    held-out reward 0.600 after 3 epochs (384 samples; strict accuracy 0.136 -> 0.227, Vendi 26 -> 43),
+    0.565 after 6, 0.682 after 10 (strict accuracy 0.330, Vendi 45; 429 s of fine-tuning on a
+    heavily shared box)."""
     c = grpo.tiny_geneval()
     c.algorithm = _algorithm(std_per_group=True, timesteps_per_sample=4, kl_beta=0.0)
     c.sample.sde_window_size = 0
-    c.train.lr = 1e-3
-    c.num_epochs = 30
+    c.train.lr = 3e-3    # 1e-3: training reward flat (0.53-0.56) over 4 epochs; 3e-3: 0.60 by epoch 2
+    c.num_epochs = 10    # measured; longer runs not measured
+    c.eval.every = 5
     return c
 
 

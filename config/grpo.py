@@ -295,7 +295,9 @@ def tiny_geneval_remote():
 def tiny_geneval_guard():
     """tiny_geneval with GRPO-Guard's ratio normalisation (algorithm.ratio_norm): the clip acts on
     the bias-free log-ratio mean((mu - mu_old) * eps), ~ s = 0.5-0.7 times Flow-GRPO's on the three
-    trained high-noise steps, so the clip range is scaled down with it."""
+    trained high-noise steps, so the clip range is scaled down with it. Measured (1 thread, base
+    0.500): 0.489 at epoch 4, 0.541 at epoch 8; the ratio stays within 1e-4 of 1 (clip fraction 0),
+    so here it is Flow-GRPO with each step's gradient weighted by its transition std."""
     c = tiny_geneval()
     c.algorithm.ratio_norm = True
     c.algorithm.clip_range = 5e-3
