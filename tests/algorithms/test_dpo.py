@@ -14,6 +14,8 @@ from flowrl.policies.toy2d import Toy2DPolicy, VelocityMLP
 from flowrl.registry import ALGORITHMS
 from flowrl.sampling.rollout import RolloutSettings, rollout
 
+from _linear_policy import LinearPolicy
+
 LOG2 = math.log(2.0)
 
 
@@ -139,6 +141,19 @@ def test_diffusion_dpo_loss_terms_through_the_algorithm():
     algo.prepare(policy, batch, gathered, slice(0, 4))
     (loss, m), = list(algo.loss_terms(policy, batch, st))
     assert algo.num_loss_terms(3) == 1 and loss.item() == pytest.approx(LOG2, abs=1e-6)
+    assert m["dpo_margin"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_diffusion_dpo_pair_loss_hand_computed_away_from_the_reference():
+    # v = x (reference v = 0); winner x_w = 1, loser x_l = -1, shared noise 0.5, sigma 0.5, beta 2.
+    # x_sigma = (1 - sigma) x0 + sigma noise: 0.75 and -0.25; target noise - x0: -0.5 and 1.5.
+    # errors: e_w = (0.75 + 0.5)^2 = 1.5625, e_ref_w = 0.25, e_l = (-0.25 - 1.5)^2 = 3.0625, e_ref_l = 2.25
+    # margin = -[(1.5625 - 0.25) - (3.0625 - 2.25)] = -0.5; loss = softplus(-beta/2 * margin) = log(1 + e^0.5)
+    t = lambda v: torch.tensor([[v]])   # noqa: E731
+    loss, margin, err_w = dpo_pair_loss(LinearPolicy(1.0), t(1.0), t(-1.0), {}, torch.tensor([0.5]), t(0.5),
+                                        beta=2.0)
+    assert err_w.item() == pytest.approx(1.5625) and margin.item() == pytest.approx(-0.5)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(0.5)), rel=1e-6)
 
 
 # ------------------------------------------------------------------------------ preference files

@@ -1,7 +1,5 @@
 """Flow-GRPO's loss pieces with hand-computed values: the KL to the reference in both forms, the
 CFG option of training re-evaluation, and the option checks."""
-from contextlib import contextmanager
-
 import pytest
 import torch
 
@@ -9,24 +7,7 @@ from flowrl.algorithms.grpo import GRPO, reference_kl, step_log_prob
 from flowrl.batch import Batch
 from flowrl.sampling.rollout import RolloutSettings
 
-
-class LinearPolicy:
-    """v = w * x; the reference has w = 0 (v_ref = 0). Enough to make the KL a closed form."""
-
-    def __init__(self, w: float):
-        self.w = torch.tensor(w, requires_grad=True)
-        self._ref = False
-
-    def velocity(self, x, sigma, cond, guidance=None):
-        return (0.0 if self._ref else self.w) * x
-
-    @contextmanager
-    def reference(self):
-        self._ref = True
-        try:
-            yield self
-        finally:
-            self._ref = False
+from _linear_policy import LinearPolicy
 
 
 def _setup(kind="sde", cps_log_prob="exact"):

@@ -86,7 +86,11 @@ def test_step_sigmas_are_distinct_schedule_levels():
     assert out.shape == (4, 10)
     for row in out:
         assert sorted(row.tolist()) == pytest.approx(sorted(sig[:-1].tolist()))   # 0 never drawn
-    assert draw_step_sigmas(sig, 3, 25, torch.Generator().manual_seed(0)).shape == (3, 25)
+    many = draw_step_sigmas(sig, 3, 25, torch.Generator().manual_seed(0))   # k > S: with replacement
+    levels = set(round(v, 6) for v in sig[:-1].tolist())
+    assert many.shape == (3, 25) and {round(v, 6) for v in many.flatten().tolist()} <= levels
+    few = draw_step_sigmas(sig, 5, 4, torch.Generator().manual_seed(1))      # k <= S: 4 distinct levels
+    assert all(len(set(row.tolist())) == 4 for row in few) and (few > 0).all()
 
 
 class LinearPolicy:

@@ -166,10 +166,16 @@ def test_prepare_recomputes_the_rollout_costs():
     from flowrl.batch import Batch
     batch = Batch({"latents": traj.latents, "rewards": torch.tensor([1.0, 0, 0, 1, 0])})
     alg.prepare(env.policy, batch, batch, slice(0, 5))
-    expect = cost_to_go(traj.running_costs, traj.t[1:] - traj.t[:-1], batch["rewards"], 2.0)
-    assert torch.allclose(batch["vm_costs"], expect, atol=1e-6)
+    c, dt = batch["vm_costs"], traj.t[1:] - traj.t[:-1]
+    # the cost-to-go by its definition: c_S = -lambda r, c_k = c_{k+1} + L_k dt_k
+    assert torch.allclose(c[:, -1], -2.0 * batch["rewards"])
+    assert torch.allclose(c[:, :-1] - c[:, 1:], traj.running_costs * dt[None].float(), atol=1e-6)
+    with torch.no_grad():                                 # V = 0 now: the loss is sum_k w_k mean_b c_k^2 / S
+        alg.value_net.head.weight.zero_()
+        alg.value_net.head.bias.zero_()
     loss, _ = next(iter(alg.loss_terms(env.policy, batch, None)))
-    assert loss.requires_grad and math.isfinite(loss.item())
+    w = loss_weights(time_grid(10, alg.t_min), 2.0)
+    assert loss.requires_grad and loss.item() == pytest.approx(float((w * (c ** 2).mean(0)).sum() / 10), rel=1e-5)
 
 
 def test_state_dict_round_trip_keeps_the_module_object():
