@@ -96,6 +96,8 @@ def tiny_sd3_ocr():
 
 def pickscore():
     """Flow-GRPO on SD3.5-medium with PickScore (yifan123/flow_grpo config `pickscore_sd3`).
+    Flow-GRPO's forms throughout: its KL (algorithm.kl="flow_grpo", so beta 0.01 is its beta), its
+    CPS log-prob if sample.kind=cps, gradients through both CFG halves (README "Flow-GRPO parity").
 
     Needs the models in the LOCAL Hugging Face cache (flowrl never downloads): stabilityai/
     stable-diffusion-3.5-medium, yuvalkirstain/PickScore_v1 and laion/CLIP-ViT-H-14-laion2B-s32B-b79K
