@@ -229,3 +229,24 @@ def test_epoch_pairs_walk_the_file_once_per_pass_and_ranks_are_disjoint():
     assert sorted(seen[:10].tolist()) == list(range(10)) and sorted(seen[10:].tolist()) == list(range(10))
     assert not torch.equal(seen[:10], seen[10:])            # a fresh permutation each pass
     assert torch.equal(epoch_pairs(10, 2, 3, 1, 2, seed=0), epoch_pairs(10, 2, 3, 1, 2, seed=0))
+
+
+def test_diffusion_dpo_loss_terms_hand_computed_away_from_the_reference():
+    # one pair, the LOSER stored first (rewards 0, 1): final samples -1 (loser) and 1 (winner);
+    # v = x, v_ref = 0. noise and sigma are the algorithm's draws in this order: randn(P, 1), rand(P).
+    latents = torch.tensor([[[0.3], [-1.0]], [[0.3], [1.0]]])          # (2 samples, 2 states, 1)
+    batch = Batch({"latents": latents, "rewards": torch.tensor([0.0, 1.0]), "group_ids": torch.tensor([0, 0]),
+                   "prompt_ids": torch.zeros(2)})
+    algo = ALGORITHMS.build("diffusion_dpo", beta=2.0, num_sigmas=1)
+    algo.prepare(None, batch, Batch({k: batch[k] for k in ("rewards", "group_ids", "prompt_ids")}), slice(0, 2))
+    algo._generator.manual_seed(3)
+    g = torch.Generator().manual_seed(3)
+    n, s = torch.randn(1, 1, generator=g).item(), torch.rand(1, generator=g).item()
+    def errs(x0):   # (e, e_ref) at x_sigma = (1 - s) x0 + s n, target n - x0
+        xt, u = (1 - s) * x0 + s * n, n - x0
+        return (xt - u) ** 2, u ** 2
+    (ew, erw), (el, erl) = errs(1.0), errs(-1.0)
+    margin = -((ew - erw) - (el - erl))
+    (loss, m), = list(algo.loss_terms(LinearPolicy(1.0), batch, None))
+    assert m["dpo_margin"] == pytest.approx(margin, rel=1e-5)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-margin)), rel=1e-5)   # softplus(-beta/2 m)

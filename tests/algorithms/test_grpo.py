@@ -3,7 +3,7 @@ CFG option of training re-evaluation, and the option checks."""
 import pytest
 import torch
 
-from flowrl.algorithms.grpo import GRPO, reference_kl, step_log_prob
+from flowrl.algorithms.grpo import GRPO, cond_of, reference_kl, step_log_prob
 from flowrl.batch import Batch
 from flowrl.sampling.rollout import RolloutSettings
 
@@ -63,3 +63,16 @@ def test_loss_terms_add_beta_times_the_flow_grpo_kl():
 def test_bad_kl_form_is_refused():
     with pytest.raises(ValueError, match="algorithm.kl must be 'exact' or 'flow_grpo'"):
         GRPO(kl="flowgrpo")
+
+
+def test_step_log_prob_scores_the_stored_next_state_by_hand():
+    # mean = x (1 - 0.049) + v (1.245)(-0.1) with v = x: 0.8265 x = (0.8265, 1.653); x' = (0.5, 1.5);
+    # std = 0.7 sqrt(0.1); log N averaged over the 2 elements = -0.0742937
+    batch, st = _setup()
+    assert step_log_prob(LinearPolicy(1.0), batch, 2, st).log_prob.item() == pytest.approx(-0.0742937, rel=1e-5)
+
+
+def test_cond_of_strips_the_prefix():
+    b = Batch({"latents": torch.zeros(2, 1), "cond.prompt_embeds": torch.ones(2, 3), "rewards": torch.zeros(2)})
+    out = cond_of(b)
+    assert list(out) == ["prompt_embeds"] and torch.equal(out["prompt_embeds"], torch.ones(2, 3))

@@ -95,3 +95,13 @@ def test_loss_terms_interpolate_from_samples_to_noise():
     fm = ((xt - (x0 - x1)) ** 2).mean(1)                          # v = x_sigma, target u = x0 - x1
     w2 = (xt ** 2).mean(1)                                        # v_ref = 0
     assert loss.item() == pytest.approx((torch.tensor([1.0, 3.0]) * fm + 0.5 * w2).mean().item(), rel=1e-5)
+
+
+def test_ot_pairing_minimises_squared_not_other_powers_of_distance():
+    # x1 = a, b and x0 = c, d with |a-c| = 0, |b-d| = 3, |a-d| = |b-c| = 2.2: keeping the order costs
+    # 0 + 9 = 9 in squared distance (< 2 x 4.84 = 9.68) but 27 in cubed (> 2 x 10.65): squared keeps it
+    b = torch.tensor([[2.2 * 0.0702, 2.2 * math.sqrt(1 - 0.0702 ** 2)]])
+    x1 = torch.cat([torch.zeros(1, 2), b])
+    x0 = torch.tensor([[0.0, 0.0], [2.2, 0.0]])
+    assert torch.cdist(x1, x0)[1, 1].item() == pytest.approx(3.0, abs=1e-3)
+    assert torch.equal(ot_pair(x1, x0), x0)
