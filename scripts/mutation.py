@@ -320,7 +320,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tree = Path(tmp)
         copy_tree(tree)
         for tests in dict.fromkeys(tuple(t) for _, t in plan):
+            t0 = time.time()
             base = run_tests(tree, tests, args.timeout)
+            print(f"unmutated {base} {time.time() - t0:5.1f}s  {' '.join(tests)}", flush=True)
             if base != "pass":
                 print(f"the unmutated tests {'time out' if base == 'timeout' else 'fail'}: {' '.join(tests)}; "
                       f"fix them first (or raise --timeout)")
