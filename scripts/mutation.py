@@ -51,7 +51,17 @@ MODULE_TESTS: Dict[str, List[str]] = {
 DESELECT = "not trainer and not resumed_run and not dpo_trains_on_the_file"
 
 # Survivors that are equivalent: (module, original line stripped, mutated line stripped) -> why.
-EQUIVALENT: Dict[tuple, str] = {}
+EQUIVALENT: Dict[tuple, str] = {
+    ("flowrl/algorithms/nft.py", "return (a / adv_clip_max / 2 + 0.5).clamp(0.0, 1.0)",
+     "return (a / adv_clip_max / 2 + 0.5).clamp(0.0, 2.0)"):
+        "equivalent: a is clamped to [-m, m] on the line above, so a / m / 2 + 1/2 is already in [0, 1] "
+        "and the outer clamp's upper bound is never reached",
+    ("flowrl/sampling/divergence.py",
+     "g = _vjp(y, xg, z, retain=create_graph or k < num_probes - 1, create=create_graph)",
+     "g = _vjp(y, xg, z, retain=create_graph or (k <= num_probes - 1), create=create_graph)"):
+        "equivalent: retaining the graph after the last probe only keeps memory alive a little longer; "
+        "every value and gradient is the same",
+}
 
 # Mutants named in issue #11 (they survived the whole suite once) plus two on the Flow-GRPO forms:
 # always run, on top of the random draw. (module, exact text in one line, replacement)

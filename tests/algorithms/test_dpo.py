@@ -250,3 +250,17 @@ def test_diffusion_dpo_loss_terms_hand_computed_away_from_the_reference():
     (loss, m), = list(algo.loss_terms(LinearPolicy(1.0), batch, None))
     assert m["dpo_margin"] == pytest.approx(margin, rel=1e-5)
     assert loss.item() == pytest.approx(math.log1p(math.exp(-margin)), rel=1e-5)   # softplus(-beta/2 m)
+
+
+def test_file_pairs_of_a_rank_get_group_ids_after_every_earlier_rank_and_epoch(tmp_path):
+    # 8 pairs, 2 per rank per epoch, 2 ranks: epoch 1, rank 1 owns groups (1 * 2 + 1) * 2 + (0, 1) = 6, 7
+    d = tmp_path / "prefs"
+    d.mkdir()
+    for i in range(8):
+        np.save(d / f"p{i}.npy", np.full(2, float(i), np.float32))
+    path = _write_pairs(tmp_path, [{"prompt": "", "image_a": f"p{i}.npy", "image_b": f"p{(i + 1) % 8}.npy",
+                                    "preferred": "a"} for i in range(8)])
+    algo = ALGORITHMS.build("diffusion_dpo", pairs_from="file", preference_file=str(path))
+    batch = algo.collect(tiny_policy(), epoch=1, rank=1, world_size=2, num_samples=4)
+    assert batch["group_ids"].tolist() == [6, 6, 7, 7] and batch["group_ids"].dtype == torch.long
+    assert batch["rewards"].tolist() == [1.0, 0.0, 1.0, 0.0]
