@@ -264,3 +264,19 @@ def test_file_pairs_of_a_rank_get_group_ids_after_every_earlier_rank_and_epoch(t
     batch = algo.collect(tiny_policy(), epoch=1, rank=1, world_size=2, num_samples=4)
     assert batch["group_ids"].tolist() == [6, 6, 7, 7] and batch["group_ids"].dtype == torch.long
     assert batch["rewards"].tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_grey_images_are_read_as_one_channel_for_a_one_channel_policy(tmp_path):
+    from PIL import Image
+    d = tmp_path / "prefs"
+    d.mkdir()
+    Image.new("L", (2, 2), 51).save(d / "a.png")      # 51 / 255 = 0.2
+    Image.new("RGB", (2, 2), (204, 204, 204)).save(d / "b.png")   # RGB read back as grey: 0.8
+    path = _write_pairs(tmp_path, [{"prompt": "", "image_a": "a.png", "image_b": "b.png", "preferred": "a"}])
+
+    class GreyPolicy:                                  # no encode_images: samples are its latents
+        sample_shape = (1, 2, 2)
+
+    x_w, x_l, _ = encode_pairs(GreyPolicy(), load_preference_file(path))
+    assert x_w.shape == x_l.shape == (1, 1, 2, 2)
+    assert torch.allclose(x_w, torch.full_like(x_w, 0.2)) and torch.allclose(x_l, torch.full_like(x_l, 0.8))
