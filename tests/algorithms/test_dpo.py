@@ -280,3 +280,12 @@ def test_grey_images_are_read_as_one_channel_for_a_one_channel_policy(tmp_path):
     x_w, x_l, _ = encode_pairs(GreyPolicy(), load_preference_file(path))
     assert x_w.shape == x_l.shape == (1, 1, 2, 2)
     assert torch.allclose(x_w, torch.full_like(x_w, 0.2)) and torch.allclose(x_l, torch.full_like(x_l, 0.8))
+
+
+def test_an_image_for_a_four_channel_policy_is_refused(tmp_path):
+    from PIL import Image
+
+    from flowrl.algorithms.preferences import read_sample
+    Image.new("RGB", (2, 2)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="1 or 3 channels.*have 4.*npy"):
+        read_sample(tmp_path / "a.png", channels=4)
