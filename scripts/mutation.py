@@ -52,20 +52,11 @@ DESELECT = "not trainer and not resumed_run and not dpo_trains_on_the_file"
 
 # Survivors that are equivalent: (module, original line stripped, mutated line stripped) -> why.
 EQUIVALENT: Dict[tuple, str] = {
-    ("flowrl/algorithms/nft.py", "return (a / adv_clip_max / 2 + 0.5).clamp(0.0, 1.0)",
-     "return (a / adv_clip_max / 2 + 0.5).clamp(0.0, 2.0)"):
-        "equivalent: a is clamped to [-m, m] on the line above, so a / m / 2 + 1/2 is already in [0, 1] "
-        "and the outer clamp's upper bound is never reached",
     ("flowrl/algorithms/orw.py",
      'self._generator.manual_seed(mix_seed(int(gathered["group_ids"][0]), rank_slice.start, 17))',
      'self._generator.manual_seed(mix_seed(int(gathered["group_ids"][0]), rank_slice.start, 18))'):
         "equivalent: 17 is an arbitrary salt that makes this noise stream distinct from the trainer's "
         "others (3, 5, 7, 9, 11, 13, 19, 21, 23 elsewhere); 18 is unused, as fresh, rank-distinct and resumable",
-    ("flowrl/algorithms/preferences.py",
-     'channels = shape[0] if len(shape) == 3 and getattr(policy, "encode_images", None) is None else 3',
-     'channels = shape[0] if len(shape) == 3 and getattr(policy, "encode_images", None) is None else 4'):
-        "equivalent: read_sample only tells channels == 1 (grey) from any other value (RGB), so 3 and "
-        "4 both read RGB",
     ("flowrl/sampling/divergence.py",
      "g = _vjp(y, xg, z, retain=create_graph or k < num_probes - 1, create=create_graph)",
      "g = _vjp(y, xg, z, retain=create_graph or (k <= num_probes - 1), create=create_graph)"):
