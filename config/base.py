@@ -27,6 +27,8 @@ def get_config():
     c.sample.guidance_scale = 1.0    # classifier-free guidance while sampling (1.0 = off)
     c.sample.noise_level = 0.7       # `a` in the SDE std a*sqrt(sigma/(1-sigma)) (or CPS sin(a*pi/2))
     c.sample.kind = "sde"            # "sde" | "cps"
+    c.sample.cps_log_prob = "flow_grpo"  # CPS log-prob form: "flow_grpo" (-mean (x'-mean)^2, Flow-GRPO's)
+                                     # | "exact" (the Gaussian density); "sde" is always exact
     c.sample.batch_size = 16         # samples per forward pass, PER PROCESS
     c.sample.num_batches_per_epoch = 2  # sampling batches per epoch, per process
     c.sample.group_size = 8          # samples per prompt (GRPO group); GLOBAL: spread over processes
@@ -53,14 +55,17 @@ def get_config():
                                      # training, evaluation excluded) reach this; counted from this start
     c.train.budget_clock = "wall"    # "cpu": count this process's CPU seconds (robust on a shared CPU)
     c.train.cfg = True               # re-evaluate velocities with CFG in training (if guidance > 1)
+    c.train.cfg_detach_uncond = False  # ... with no gradient through the unconditional half (Flow-GRPO's
+                                     # train_sd3.py did so in July 2025, its later code does not)
     c.train.ema = False              # keep an EMA of the trainable weights (used for evaluation)
     c.train.ema_decay = 0.9
     c.train.ema_every = 8            # optimizer steps between EMA updates
 
     # Algorithm: `name` picks flowrl.registry.ALGORITHMS; the other keys are its options.
+    # kl: "flow_grpo" (Flow-GRPO's KL, its beta values carry over) | "exact" (flowrl.sampling.sde)
     c.algorithm = ml_collections.ConfigDict({"name": "grpo", "clip_range": 1e-4, "beta": 0.01,
                                              "adv_clip_max": 5.0, "std_per_group": False,
-                                             "ratio_norm": False})
+                                             "ratio_norm": False, "kl": "flow_grpo"})
 
     # Reward = sum_k weights[k] * reward_k; options[k] are passed to reward k's factory.
     c.reward = ml_collections.ConfigDict()

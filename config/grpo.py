@@ -28,6 +28,7 @@ def moons():
     c.train.adam_weight_decay = 0.0
     c.algorithm.clip_range = 0.2
     c.algorithm.beta = 0.2
+    c.algorithm.kl = "exact"         # tuned with the exact Gaussian KL (not a Flow-GRPO recipe)
     c.reward.weights = ml_collections.ConfigDict({"moons_unlearning": 1.0})
     c.eval.every = 5
     c.eval.diversity_alarm_fraction = 0.35   # unlearning one of two moons halves diversity by design
@@ -114,6 +115,8 @@ def served(c, concurrency: int = 1, timeout: float = 60.0, backoff: float = 0.5)
 
 def pickscore():
     """Flow-GRPO on SD3.5-medium with PickScore (yifan123/flow_grpo config `pickscore_sd3`).
+    Flow-GRPO's forms throughout: its KL (algorithm.kl="flow_grpo", so beta 0.01 is its beta), its
+    CPS log-prob if sample.kind=cps, gradients through both CFG halves (README "Flow-GRPO parity").
 
     Needs the models in the LOCAL Hugging Face cache (flowrl never downloads): stabilityai/
     stable-diffusion-3.5-medium, yuvalkirstain/PickScore_v1 and laion/CLIP-ViT-H-14-laion2B-s32B-b79K
@@ -155,9 +158,12 @@ def pickscore():
     c.train.max_grad_norm = 1.0
     c.train.cfg = True
     c.train.ema, c.train.ema_decay, c.train.ema_every = True, 0.9, 8
+    c.train.cfg_detach_uncond = False   # Flow-GRPO's current train_sd3.py backpropagates through both
+    c.sample.cps_log_prob = "flow_grpo"  # only used with --set sample.kind=cps (Flow-GRPO's CPS form)
     c.algorithm = ml_collections.ConfigDict({"name": "grpo", "clip_range": 1e-4, "beta": 0.01,
                                              "adv_clip_max": 5.0, "std_per_group": False,
-                                             "ratio_norm": False})
+                                             "ratio_norm": False,
+                                             "kl": "flow_grpo"})     # Flow-GRPO's KL: its beta carries over
     c.reward.weights = ml_collections.ConfigDict({"pickscore": 1.0})
     c.reward.options = ml_collections.ConfigDict({"pickscore": {
         "path": "yuvalkirstain/PickScore_v1", "processor_path": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}})
@@ -246,7 +252,8 @@ def tiny_geneval():
     after (Flow-GRPO-Fast's window, fixed at the start: a random window learned ~3x slower here);
     advantages normalised by each prompt group's own std (Flow-GRPO's per-prompt statistics; the
     global std learned half as fast here), clip 1e-2 (log-probs are means over the 512 latent dims:
-    ratios move little), lr 1e-3 (3e-3 rises faster, then oscillates and loses diversity), small KL.
+    ratios move little), lr 1e-3 (3e-3 rises faster, then oscillates and loses diversity), small KL
+    (the EXACT Gaussian KL, algorithm.kl="exact": tuned with it; not Flow-GRPO's KL form).
     Measured (scripts/bench_tiny_t2i.py, 2 threads): held-out reward 0.485 -> 0.610, strict accuracy
     0.097 -> 0.250 (2.6x), Vendi 26 -> 40, in 40 epochs = 185 s of fine-tuning (~5 min wall).
     Evaluation: 176 samples = the 44 test prompts x 4, 20 ODE steps, every 10 epochs, with the strict
@@ -274,6 +281,7 @@ def tiny_geneval():
     c.train.lr = 1e-3
     c.algorithm.clip_range = 1e-2
     c.algorithm.beta = 0.004
+    c.algorithm.kl = "exact"         # tuned with the exact KL: x25..x17 Flow-GRPO's on steps 0-2
     c.algorithm.std_per_group = True
     c.reward.weights = ml_collections.ConfigDict({"scene_geneval": 1.0})
     c.reward.metrics = ("scene_accuracy",)
@@ -349,6 +357,7 @@ def digits():
     c.train.adam_weight_decay = 0.0
     c.algorithm.clip_range = 0.2     # log-probs are means over 64 pixels: ratios stay within ~1e-3
     c.algorithm.beta = 0.01          # without the KL, lr 1e-3 dips (0.81 -> 0.60 -> 0.93 in 20 epochs)
+    c.algorithm.kl = "exact"         # tuned with the exact Gaussian KL (not a Flow-GRPO recipe)
     c.reward.weights = ml_collections.ConfigDict({"digit_classifier": 1.0})
     c.reward.options = ml_collections.ConfigDict({"digit_classifier": {"target": -1, "temperature": 1.0}})
     c.eval.every = 5

@@ -31,6 +31,7 @@ class Policy(Protocol):
     def encode(self, prompts: Sequence[str]) -> Dict[str, torch.Tensor]: ...   # per-sample cond
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Dict[str, torch.Tensor],
                  guidance: Optional[float] = None) -> torch.Tensor: ...
+    # a policy with CFG also takes detach_uncond=True (no gradient through the unconditional half)
     def reference(self) -> AbstractContextManager: ...            # velocity() of the frozen base
     def decode(self, x: torch.Tensor) -> torch.Tensor: ...        # latents -> reward input
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]: ...

@@ -176,7 +176,7 @@ class Trainer:
             sde, train = torch.zeros_like(sde), torch.zeros_like(train)
         guidance = s.guidance_scale if self.c.train.cfg else 1.0
         return RolloutSettings(self.policy.sigmas(s.num_steps), sde, train, s.noise_level, s.kind, guidance,
-                               s.guidance_scale)
+                               s.guidance_scale, s.cps_log_prob, self.c.train.cfg_detach_uncond)
 
     def initial_noise(self, n: int, group_ids: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
         shape = self.policy.sample_shape

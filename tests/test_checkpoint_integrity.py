@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MOONS
+from tests.conftest import TINY_MOONS
 from typer.testing import CliRunner
 
 from flowrl.batch import Batch

@@ -55,6 +55,10 @@ def test_moons_base_with_the_registered_rewards():
     env = flowrl.make("2d/moons", "2d/fidelity", discretization_steps=8, base_kwargs=SMALL_MOONS)
     x = env.sample(16, torch.Generator().manual_seed(0))
     assert x.shape == (16, 2) and env.reward(x).shape == (16,)
+    # fidelity = max(1 - |x^2 + y^2 - 1|, 1 - |(x-1)^2 + (y-0.5)^2 - 1|): 1 on the outer moon's circle,
+    # 0.75 at the origin, max(1 - 8, 1 - 6.25) = -5.25 at (0, 3)
+    pts = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 3.0]])
+    assert env.reward(pts).tolist() == pytest.approx([1.0, 0.75, -5.25])
     assert flowrl.make("2d/moons", "2d/moons_unlearning", base_kwargs=SMALL_MOONS).domain == "2d"
 
 

@@ -37,7 +37,7 @@ class AlgorithmBase:
     def rollout(self, policy, noise, cond, st, generator) -> Trajectory:
         """Sample from `noise` with the policy (SDE steps per st.sde_mask, ODE elsewhere)."""
         return rollout(lambda x, s: policy.velocity(x, s, cond, guidance=st.sample_guidance),
-                       noise, st.sigmas, st.sde_mask, st.noise_level, st.kind, generator)
+                       noise, st.sigmas, st.sde_mask, st.noise_level, st.kind, generator, st.cps_log_prob)
 
     def eval_sample(self, policy, noise, cond, num_steps: int, guidance: float = 1.0, generator=None):
         """What evaluation samples with: the policy's ODE (value matching: its controlled SDE)."""

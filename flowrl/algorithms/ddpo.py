@@ -11,21 +11,24 @@ from flowrl.algorithms.grpo import clipped_step_losses
 from flowrl.algorithms.base import AlgorithmBase
 from flowrl.batch import Batch
 from flowrl.registry import ALGORITHMS
+from flowrl.sampling.sde import check_form
 
 
 @ALGORITHMS.register("ddpo")
 class DDPO(AlgorithmBase):
     """Options (config.algorithm): clip_range, adv_clip_max, per_prompt_stat_tracking (else the
-    batch mean/std), buffer_size and min_count of the tracker, beta (KL to the base; DDPO uses 0)."""
+    batch mean/std), buffer_size and min_count of the tracker, beta (KL to the base; DDPO uses 0),
+    kl (its form, "exact" | "flow_grpo": flowrl.sampling.sde.step_kl)."""
 
     sampling = "sde"
 
     def __init__(self, clip_range: float = 1e-4, adv_clip_max: float = 5.0,
                  per_prompt_stat_tracking: bool = True, buffer_size: int = 32, min_count: int = 16,
-                 beta: float = 0.0):
+                 beta: float = 0.0, kl: str = "exact"):
         if clip_range <= 0 or adv_clip_max <= 0 or beta < 0 or min_count < 1:
             raise ValueError("algorithm: need clip_range > 0, adv_clip_max > 0, beta >= 0, min_count >= 1")
         self.clip_range, self.adv_clip_max, self.beta = clip_range, adv_clip_max, beta
+        self.kl = check_form(kl, "algorithm.kl")
         self.tracker = PerPromptStatTracker(buffer_size, min_count) if per_prompt_stat_tracking else None
 
     def prepare(self, policy, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
@@ -45,7 +48,7 @@ class DDPO(AlgorithmBase):
         return num_train_steps
 
     def loss_terms(self, policy, mb: Batch, st) -> Iterator[Tuple[torch.Tensor, Dict]]:
-        return clipped_step_losses(policy, mb, st, self.clip_range, self.beta)
+        return clipped_step_losses(policy, mb, st, self.clip_range, self.beta, kl_form=self.kl)
 
     def state_dict(self) -> Dict:
         if self.tracker is None:

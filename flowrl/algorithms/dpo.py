@@ -179,7 +179,7 @@ class D3PO(_PairAlgorithm):
         with torch.no_grad(), policy.reference():
             v = policy.velocity(x, s, cond_of(mb), guidance=st.guidance)
             return sde_step(x, v, s, s_next, st.noise_level, float(st.sigmas[1]), st.kind,
-                            prev_sample=x_next).log_prob
+                            prev_sample=x_next, cps_log_prob=st.cps_log_prob).log_prob
 
     def loss_terms(self, policy, mb: Batch, st: RolloutSettings) -> Iterator[Tuple[torch.Tensor, Dict]]:
         idx = pair_index(mb["group_ids"], self.name)

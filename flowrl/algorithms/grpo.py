@@ -1,5 +1,10 @@
 """Flow-GRPO (Liu et al. 2025, arXiv 2505.05470): group-relative advantages, a clipped likelihood
-ratio on every trained SDE step, and a KL penalty to the frozen base (LoRA adapter off)."""
+ratio on every trained SDE step, and a KL penalty to the frozen base (LoRA adapter off).
+
+The KL comes in two forms (`kl`, flowrl.sampling.sde.step_kl): "flow_grpo" (the default) divides the
+squared mean difference by 2 std_t^2 as Flow-GRPO's train_sd3.py does, so Flow-GRPO's beta values
+carry over; "exact" is the Gaussian KL of the transition (= flow_grpo / |d sigma| for the SDE, x25 at
+the first of 10 SD3 steps), which the CPU recipes (moons, digits, tiny_geneval) were tuned with."""
 from __future__ import annotations
 
 from typing import Dict, Iterator, Optional, Tuple
@@ -12,7 +17,7 @@ from flowrl.algorithms.base import AlgorithmBase
 from flowrl.batch import Batch
 from flowrl.registry import ALGORITHMS
 from flowrl.sampling.rollout import RolloutSettings
-from flowrl.sampling.sde import kl_same_std, sde_mean_std, sde_step
+from flowrl.sampling.sde import check_form, sde_mean_std, sde_step, step_kl
 
 
 def cond_of(batch: Batch) -> Dict[str, torch.Tensor]:
@@ -20,13 +25,22 @@ def cond_of(batch: Batch) -> Dict[str, torch.Tensor]:
     return {k[5:]: v for k, v in batch.tensors.items() if k.startswith("cond.")}
 
 
+def train_velocity(policy, x, s, cond, st: RolloutSettings) -> torch.Tensor:
+    """The policy's velocity as training re-evaluates it: CFG at st.guidance, the unconditional half
+    detached if st.cfg_detach_uncond (asks the policy only when guidance is on)."""
+    if st.cfg_detach_uncond and st.guidance > 1.0:
+        return policy.velocity(x, s, cond, guidance=st.guidance, detach_uncond=True)
+    return policy.velocity(x, s, cond, guidance=st.guidance)
+
+
 def step_log_prob(policy, batch: Batch, j: int, st: RolloutSettings):
     """Re-score transition j of the stored trajectories under the current policy. -> StepOut."""
     x, x_next = batch["latents"][:, j], batch["latents"][:, j + 1]
     n = x.shape[0]
     s, s_next = st.sigmas[j].expand(n).to(x.device), st.sigmas[j + 1].expand(n).to(x.device)
-    v = policy.velocity(x, s, cond_of(batch), guidance=st.guidance)
-    return sde_step(x, v, s, s_next, st.noise_level, float(st.sigmas[1]), st.kind, prev_sample=x_next)
+    v = train_velocity(policy, x, s, cond_of(batch), st)
+    return sde_step(x, v, s, s_next, st.noise_level, float(st.sigmas[1]), st.kind, prev_sample=x_next,
+                    cps_log_prob=st.cps_log_prob)
 
 
 @ALGORITHMS.register("grpo")
@@ -34,17 +48,19 @@ class GRPO(AlgorithmBase):
     """Options (config.algorithm): clip_range (epsilon of the ratio clip), beta (KL coefficient),
     adv_clip_max (|A| bound), std_per_group (normalise by the group's std instead of the global),
     ratio_norm (GRPO-Guard: clip the bias-free, step-normalised ratio of flowrl.algorithms.grpo_guard;
-    its log-ratios are ~ s times Flow-GRPO's, s the transition std, so retune clip_range)."""
+    its log-ratios are ~ s times Flow-GRPO's, s the transition std, so retune clip_range),
+    kl ("flow_grpo" | "exact": the KL's form, see the module docstring)."""
 
     sampling = "sde"
 
     def __init__(self, clip_range: float = 1e-4, beta: float = 0.01, adv_clip_max: float = 5.0,
-                 std_per_group: bool = False, ratio_norm: bool = False):
+                 std_per_group: bool = False, ratio_norm: bool = False, kl: str = "flow_grpo"):
         if clip_range <= 0 or beta < 0 or adv_clip_max <= 0:
             raise ValueError("algorithm: need clip_range > 0, beta >= 0, adv_clip_max > 0")
         self.clip_range, self.beta = clip_range, beta
         self.adv_clip_max, self.std_per_group = adv_clip_max, std_per_group
         self.ratio_norm, self._pending, self._old_means = ratio_norm, None, None
+        self.kl = check_form(kl, "algorithm.kl")
 
     def prepare(self, policy, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
         """Advantages over the GLOBAL batch (all ranks), then this rank's rows. Groups with zero
@@ -70,18 +86,19 @@ class GRPO(AlgorithmBase):
                 self._old_means = old_transition_means(policy, self._pending, st, st.train_steps)
                 self._pending = None
             old_means = self._old_means[mb["guard_row"]]
-        return clipped_step_losses(policy, mb, st, self.clip_range, self.beta, old_means)
+        return clipped_step_losses(policy, mb, st, self.clip_range, self.beta, old_means, self.kl)
 
 
-def reference_kl(policy, mb: Batch, j: int, st: RolloutSettings, out) -> torch.Tensor:
-    """KL (B,) between the policy's transition j (`out`) and the frozen reference's (adapter off)."""
+def reference_kl(policy, mb: Batch, j: int, st: RolloutSettings, out, form: str = "exact") -> torch.Tensor:
+    """KL (B,) between the policy's transition j (`out`) and the frozen reference's (adapter off),
+    in `form` ("exact" | "flow_grpo", flowrl.sampling.sde.step_kl)."""
     x = mb["latents"][:, j]
     n = x.shape[0]
     s, s_next = st.sigmas[j].expand(n).to(x.device), st.sigmas[j + 1].expand(n).to(x.device)
     with torch.no_grad(), policy.reference():
         v_ref = policy.velocity(x, s, cond_of(mb), guidance=st.guidance)
     mean_ref, _ = sde_mean_std(x, v_ref, s, s_next, st.noise_level, float(st.sigmas[1]), st.kind)
-    return kl_same_std(out.mean, mean_ref, out.std)
+    return step_kl(out.mean, mean_ref, out.std, s, s_next, st.kind, form)
 
 
 def drop_zero_weight_rows(mb: Batch) -> Tuple[Batch, float, Optional[torch.Tensor]]:
@@ -99,7 +116,8 @@ def drop_zero_weight_rows(mb: Batch) -> Tuple[Batch, float, Optional[torch.Tenso
 
 
 def clipped_step_losses(policy, mb: Batch, st: RolloutSettings, clip_range: float, beta: float,
-                        old_means: Optional[torch.Tensor] = None) -> Iterator[Tuple[torch.Tensor, Dict]]:
+                        old_means: Optional[torch.Tensor] = None,
+                        kl_form: str = "exact") -> Iterator[Tuple[torch.Tensor, Dict]]:
     """One loss per trained step j (backward per step keeps memory at one forward graph):
     clipped surrogate on mb["advantages"] (weighted by mb["weights"]) + beta * KL to the reference,
     computed on the rows of non-zero weight only (the same loss; ratio/clip/KL metrics over them).
@@ -121,7 +139,7 @@ def clipped_step_losses(policy, mb: Batch, st: RolloutSettings, clip_range: floa
                              "clipfrac": clipped.float().mean().item(),
                              "log_ratio_abs": (out.log_prob - mb["log_probs"][:, j]).abs().mean().item()}
         if beta > 0:
-            kl = reference_kl(policy, mb, j, st, out)
+            kl = reference_kl(policy, mb, j, st, out, kl_form)
             loss = loss + beta * (kl * w).mean()
             metrics["kl"] = kl.mean().item()
         yield loss * frac, metrics

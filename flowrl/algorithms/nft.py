@@ -31,9 +31,9 @@ from flowrl.registry import ALGORITHMS
 
 
 def optimality_probability(advantages: torch.Tensor, adv_clip_max: float) -> torch.Tensor:
-    """r = clip(clip(A, -m, m) / m / 2 + 1/2, 0, 1): A = 0 -> 1/2, A = m -> 1, A = -m -> 0. (N,) -> (N,)."""
+    """r = clip(A, -m, m) / m / 2 + 1/2, in [0, 1]: A = 0 -> 1/2, A = m -> 1, A = -m -> 0. (N,) -> (N,)."""
     a = advantages.clamp(-adv_clip_max, adv_clip_max)
-    return (a / adv_clip_max / 2 + 0.5).clamp(0.0, 1.0)
+    return a / adv_clip_max / 2 + 0.5
 
 
 def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

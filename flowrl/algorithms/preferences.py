@@ -133,6 +133,9 @@ def read_sample(path: Path, channels: int = 3) -> torch.Tensor:
         return t
     if suffix not in IMAGE_SUFFIXES:
         raise InputFileError(f"{path}: unsupported sample file; use one of {IMAGE_SUFFIXES + TENSOR_SUFFIXES}")
+    if channels not in (1, 3):
+        raise InputFileError(f"{path}: an image has 1 or 3 channels, the policy's samples have {channels}; "
+                             f"give its latents as .npy / .pt files instead")
     import numpy as np
     from PIL import Image
     with Image.open(path) as im:

@@ -153,10 +153,10 @@ class DigitsPolicy:
         return {"label": labels_of(prompts).to(self.device)}
 
     def velocity(self, x, sigma, cond: Dict[str, torch.Tensor],
-                 guidance: Optional[float] = None) -> torch.Tensor:
+                 guidance: Optional[float] = None, detach_uncond: bool = False) -> torch.Tensor:
         """x (B,1,8,8), sigma (B,) or (), cond {"label": (B,)} -> v (B,1,8,8). guidance g > 1:
-        v_u + g (v_c - v_u) with v_u at the null label (one pass on 2B); g <= 1: conditional only.
-        None = the policy's `guidance` option."""
+        v_u + g (v_c - v_u) with v_u at the null label (one pass on 2B; no gradient through v_u if
+        `detach_uncond`); g <= 1: conditional only. None = the policy's `guidance` option."""
         g = self.guidance if guidance is None else float(guidance)
         net = self.ref if self._use_ref else self.model
         n = x.shape[0]
@@ -166,6 +166,7 @@ class DigitsPolicy:
             return net(x, sigma, label)
         v_c, v_u = net(torch.cat([x, x]), torch.cat([sigma, sigma]),
                        torch.cat([label, torch.full_like(label, NULL_LABEL)])).chunk(2)
+        v_u = v_u.detach() if detach_uncond else v_u
         return v_u + g * (v_c - v_u)
 
     @contextmanager

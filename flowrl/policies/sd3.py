@@ -241,10 +241,11 @@ class SD3Policy:
         return out.float()
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Dict[str, torch.Tensor],
-                 guidance: Optional[float] = None) -> torch.Tensor:
+                 guidance: Optional[float] = None, detach_uncond: bool = False) -> torch.Tensor:
         """v(x, sigma) = eps - x0 prediction, (B, C, h, w) float32. x: (B, C, h, w); sigma: (B,) or ();
-        cond from `encode`. guidance g > 1: one pass on [uncond, cond] and v = v_u + g (v_c - v_u);
-        g <= 1: conditional only (no CFG, as diffusers). None = the policy's `guidance` option."""
+        cond from `encode`. guidance g > 1: one pass on [uncond, cond] and v = v_u + g (v_c - v_u)
+        (v_u without gradient if `detach_uncond`); g <= 1: conditional only (no CFG, as diffusers).
+        None = the policy's `guidance` option."""
         g = self.guidance if guidance is None else float(guidance)
         n = x.shape[0]
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(n)
@@ -255,6 +256,7 @@ class SD3Policy:
         emb = torch.cat([neg_emb.expand(n, -1, -1).to(emb.device, emb.dtype), emb])
         pooled = torch.cat([neg_pooled.expand(n, -1).to(pooled.device, pooled.dtype), pooled])
         v_u, v_c = self._forward(torch.cat([x, x]), torch.cat([sigma, sigma]), emb, pooled).chunk(2)
+        v_u = v_u.detach() if detach_uncond else v_u
         return v_u + g * (v_c - v_u)
 
     @contextmanager

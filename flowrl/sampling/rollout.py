@@ -25,6 +25,8 @@ class RolloutSettings:
     kind: str                   # "sde" | "cps"
     guidance: float             # CFG scale used when re-evaluating velocities in training
     sample_guidance: float = 1.0  # CFG scale used while sampling
+    cps_log_prob: str = "exact"   # CPS log-prob form: "exact" | "flow_grpo" (flowrl.sampling.sde)
+    cfg_detach_uncond: bool = False  # training CFG: no gradient through the unconditional half
 
     @property
     def train_steps(self):
@@ -45,9 +47,10 @@ class Trajectory:
 
 def rollout(velocity: Velocity, noise: torch.Tensor, sigmas: torch.Tensor,
             sde_mask: Optional[torch.Tensor] = None, noise_level: float = 0.7, kind: str = "sde",
-            generator: Optional[torch.Generator] = None) -> Trajectory:
+            generator: Optional[torch.Generator] = None, cps_log_prob: str = "exact") -> Trajectory:
     """Sample from `noise` (B, *shape) along `sigmas` (S+1,). Steps where `sde_mask` is True use the
-    stochastic step (drawing from `generator`), the others the Euler ODE step. Gradients flow only
+    stochastic step (drawing from `generator`; log-probs in `cps_log_prob` form for CPS), the others
+    the Euler ODE step. Gradients flow only
     if the caller enables them (reward backprop); samplers for RL wrap this in torch.no_grad()."""
     num_steps = len(sigmas) - 1
     mask = torch.zeros(num_steps, dtype=torch.bool) if sde_mask is None else sde_mask.cpu()
@@ -59,7 +62,8 @@ def rollout(velocity: Velocity, noise: torch.Tensor, sigmas: torch.Tensor,
         s_next = sigmas[i + 1].to(noise.device).expand(noise.shape[0])
         v = velocity(x, s)
         if mask[i]:
-            out = sde_step(x, v, s, s_next, noise_level, sigma_max, kind, generator=generator)
+            out = sde_step(x, v, s, s_next, noise_level, sigma_max, kind, generator=generator,
+                           cps_log_prob=cps_log_prob)
             x = out.sample.to(noise.dtype)
             log_probs[:, i] = out.log_prob
         else:

@@ -9,6 +9,14 @@ The stochastic steps are Flow-GRPO's (arXiv 2505.05470, public code yifan123/flo
   "cps": coefficient-preserving sampling, std = sigma' * sin(a * pi / 2).
 Log-probabilities are computed in float32 and AVERAGED over the non-batch dimensions (C, H, W or
 the 2 coordinates), as Flow-GRPO does; this is why clip ranges of ~1e-4 are used for images.
+
+Two quantities exist in two forms (`form`), because Flow-GRPO's code is not the exact Gaussian one:
+  CPS log-prob: "exact" = the Gaussian density above; "flow_grpo" = -mean((x' - mean)^2), no 1/(2 std^2)
+    and no constants (Flow-GRPO's "remove all constants"): log-ratios differ by the factor 1/(2 std^2),
+    so clip ranges tuned for one form do not transfer. (SDE log-probs are the exact density in both.)
+  KL to the reference: "exact" = mean((mean - mean_ref)^2) / (2 std^2) with std the TRANSITION std;
+    "flow_grpo" divides by 2 std_t^2 instead (sde: std_t = std / sqrt(sigma - sigma'), without the
+    |d sigma| factor, i.e. exact x |d sigma|; cps: std_t = std, the two forms agree).
 """
 from __future__ import annotations
 
@@ -71,18 +79,34 @@ def sde_mean_std(x, v, sigma, sigma_next, noise_level: float, sigma_max: float, 
     return mean, std.flatten()
 
 
+FORMS = ("exact", "flow_grpo")
+
+
+def check_form(form: str, what: str) -> str:
+    """`form` if it is one of FORMS, else ValueError naming the option `what`."""
+    if form not in FORMS:
+        raise ValueError(f"{what} must be 'exact' or 'flow_grpo', got {form!r}")
+    return form
+
+
 def sde_step(x, v, sigma, sigma_next, noise_level: float, sigma_max: float, kind: str = "sde",
              prev_sample: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-             noise: Optional[torch.Tensor] = None) -> StepOut:
+             noise: Optional[torch.Tensor] = None, cps_log_prob: str = "exact") -> StepOut:
     """Stochastic step with log-prob. If `prev_sample` is given its log-prob is scored (training);
-    otherwise a sample is drawn with `noise` (B, *shape) or fresh noise from `generator`."""
+    otherwise a sample is drawn with `noise` (B, *shape) or fresh noise from `generator`.
+    cps_log_prob: the CPS log-prob form, "exact" or "flow_grpo" (module docstring)."""
+    check_form(cps_log_prob, "cps_log_prob")
     mean, std = sde_mean_std(x, v, sigma, sigma_next, noise_level, sigma_max, kind)
     if prev_sample is None:
         if noise is None:
             dev = generator.device if generator is not None else mean.device
             noise = torch.randn(mean.shape, generator=generator, device=dev).to(mean.device)
         prev_sample = mean + _bcast(std, mean) * noise.float()
-    log_prob = gaussian_log_prob(prev_sample.detach().float(), mean, std)
+    if kind == "cps" and cps_log_prob == "flow_grpo":
+        d = prev_sample.detach().float() - mean
+        log_prob = -(d ** 2).mean(dim=tuple(range(1, d.ndim)))
+    else:
+        log_prob = gaussian_log_prob(prev_sample.detach().float(), mean, std)
     return StepOut(prev_sample, log_prob, mean, std)
 
 
@@ -94,6 +118,18 @@ def ode_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next) -> torch.Tenso
 def kl_same_std(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, std^2) || N(mean_ref, std^2)) per element, averaged over non-batch dims -> (B,).
 
-    = mean_CHW((mean - mean_ref)^2) / (2 std^2), Flow-GRPO's KL to the reference policy."""
+    = mean_CHW((mean - mean_ref)^2) / (2 std^2); std (B,) > 0."""
     d = ((mean.float() - mean_ref.float()) ** 2).mean(dim=tuple(range(1, mean.ndim)))
     return d / (2 * std.float() ** 2)
+
+
+def step_kl(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor, sigma, sigma_next,
+            kind: str = "sde", form: str = "exact") -> torch.Tensor:
+    """KL penalty (B,) of one transition to the reference's, in `form` (module docstring).
+    mean, mean_ref (B, *shape); std (B,) the transition std; sigma > sigma_next, (B,) or ()."""
+    check_form(form, "algorithm.kl")
+    scale = std.float()
+    if form == "flow_grpo" and kind == "sde":
+        dt = torch.as_tensor(sigma, dtype=torch.float32) - torch.as_tensor(sigma_next, dtype=torch.float32)
+        scale = scale / torch.sqrt(dt.to(scale.device)).expand_as(scale)
+    return kl_same_std(mean, mean_ref, scale)

@@ -54,3 +54,16 @@ def test_stat_tracker_uses_batch_stats_until_min_count():
     assert a.tolist() == pytest.approx([-1, 1], abs=1e-5)
     a = t.update(["p"], torch.tensor([4.0]))                  # buffer [0,2,4]: mean 2, std sqrt(8/3)
     assert a.item() == pytest.approx(2 / (8 / 3) ** 0.5, rel=1e-5)
+
+
+def test_clipped_loss_lower_clip_branch_hand_computed():
+    # A < 0 and rho < 1 - eps: the clip at 1 - eps is the pessimistic branch.
+    # A=-1, rho=0.5, eps 0.2: max(0.5, 0.8) = 0.8; A=+2, rho=0.5: max(-1.0, -1.6) = -1.0 (no clip)
+    adv = torch.tensor([-1.0, 2.0])
+    lp = torch.log(torch.tensor([0.5, 0.5]))
+    loss, ratio, clipped = clipped_surrogate(lp, torch.zeros(2), adv, 0.2)
+    assert loss.item() == pytest.approx((0.8 - 1.0) / 2)
+    assert ratio.tolist() == pytest.approx([0.5, 0.5]) and clipped.all()   # |rho - 1| > eps on both
+    # weights multiply each sample's term before the mean: (2 * 0.8 + 0 * -1.0) / 2
+    wl, _, _ = clipped_surrogate(lp, torch.zeros(2), adv, 0.2, weights=torch.tensor([2.0, 0.0]))
+    assert wl.item() == pytest.approx(0.8)

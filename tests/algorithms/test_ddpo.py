@@ -31,3 +31,16 @@ def test_tracker_state_round_trips_for_resume():
 def test_without_tracker_uses_batch_statistics():
     a = _prepare(DDPO(per_prompt_stat_tracking=False), [1.0, 3.0], [0, 1])
     assert a.tolist() == pytest.approx([-1, 1], abs=1e-5)
+
+
+def test_advantages_are_clipped_to_adv_clip_max():
+    # rewards 0 x 9 and 1: mean 0.1, population std 0.3 -> the outlier's advantage (1 - 0.1)/0.3 = 3,
+    # the others -1/3; adv_clip_max 2 cuts the outlier to 2
+    a = _prepare(DDPO(per_prompt_stat_tracking=False, adv_clip_max=2.0), [0.0] * 9 + [1.0], list(range(10)))
+    assert a[-1].item() == pytest.approx(2.0) and a[:-1].tolist() == pytest.approx([-1 / 3] * 9, rel=1e-4)
+
+
+def test_batch_statistics_add_eps_to_the_std():
+    # rewards 0 and 2e-6: population std 1e-6, + eps 1e-6 -> advantages -+1e-6 / 2e-6 = -+0.5
+    a = _prepare(DDPO(per_prompt_stat_tracking=False), [0.0, 2e-6], [0, 1])
+    assert a.tolist() == pytest.approx([-0.5, 0.5], rel=1e-3)

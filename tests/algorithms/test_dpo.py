@@ -14,6 +14,8 @@ from flowrl.policies.toy2d import Toy2DPolicy, VelocityMLP
 from flowrl.registry import ALGORITHMS
 from flowrl.sampling.rollout import RolloutSettings, rollout
 
+from _linear_policy import LinearPolicy
+
 LOG2 = math.log(2.0)
 
 
@@ -139,6 +141,19 @@ def test_diffusion_dpo_loss_terms_through_the_algorithm():
     algo.prepare(policy, batch, gathered, slice(0, 4))
     (loss, m), = list(algo.loss_terms(policy, batch, st))
     assert algo.num_loss_terms(3) == 1 and loss.item() == pytest.approx(LOG2, abs=1e-6)
+    assert m["dpo_margin"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_diffusion_dpo_pair_loss_hand_computed_away_from_the_reference():
+    # v = x (reference v = 0); winner x_w = 1, loser x_l = -1, shared noise 0.5, sigma 0.5, beta 2.
+    # x_sigma = (1 - sigma) x0 + sigma noise: 0.75 and -0.25; target noise - x0: -0.5 and 1.5.
+    # errors: e_w = (0.75 + 0.5)^2 = 1.5625, e_ref_w = 0.25, e_l = (-0.25 - 1.5)^2 = 3.0625, e_ref_l = 2.25
+    # margin = -[(1.5625 - 0.25) - (3.0625 - 2.25)] = -0.5; loss = softplus(-beta/2 * margin) = log(1 + e^0.5)
+    t = lambda v: torch.tensor([[v]])   # noqa: E731
+    loss, margin, err_w = dpo_pair_loss(LinearPolicy(1.0), t(1.0), t(-1.0), {}, torch.tensor([0.5]), t(0.5),
+                                        beta=2.0)
+    assert err_w.item() == pytest.approx(1.5625) and margin.item() == pytest.approx(-0.5)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(0.5)), rel=1e-6)
 
 
 # ------------------------------------------------------------------------------ preference files
@@ -246,3 +261,63 @@ def test_preference_samples_of_two_shapes_or_with_nan_are_refused_on_load(tmp_pa
     path = _write_pairs(tmp_path, [{"prompt": "", "image_a": "a.npy", "image_b": "n.npy", "preferred": "a"}])
     with pytest.raises(ValueError, match=r"n.npy: 1 NaN / inf"):
         load_preference_file(path)
+
+
+def test_diffusion_dpo_loss_terms_hand_computed_away_from_the_reference():
+    # one pair, the LOSER stored first (rewards 0, 1): final samples -1 (loser) and 1 (winner);
+    # v = x, v_ref = 0. noise and sigma are the algorithm's draws in this order: randn(P, 1), rand(P).
+    latents = torch.tensor([[[0.3], [-1.0]], [[0.3], [1.0]]])          # (2 samples, 2 states, 1)
+    batch = Batch({"latents": latents, "rewards": torch.tensor([0.0, 1.0]), "group_ids": torch.tensor([0, 0]),
+                   "prompt_ids": torch.zeros(2)})
+    algo = ALGORITHMS.build("diffusion_dpo", beta=2.0, num_sigmas=1)
+    algo.prepare(None, batch, Batch({k: batch[k] for k in ("rewards", "group_ids", "prompt_ids")}), slice(0, 2))
+    algo._generator.manual_seed(3)
+    g = torch.Generator().manual_seed(3)
+    n, s = torch.randn(1, 1, generator=g).item(), torch.rand(1, generator=g).item()
+    def errs(x0):   # (e, e_ref) at x_sigma = (1 - s) x0 + s n, target n - x0
+        xt, u = (1 - s) * x0 + s * n, n - x0
+        return (xt - u) ** 2, u ** 2
+    (ew, erw), (el, erl) = errs(1.0), errs(-1.0)
+    margin = -((ew - erw) - (el - erl))
+    (loss, m), = list(algo.loss_terms(LinearPolicy(1.0), batch, None))
+    assert m["dpo_margin"] == pytest.approx(margin, rel=1e-5)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-margin)), rel=1e-5)   # softplus(-beta/2 m)
+
+
+def test_file_pairs_of_a_rank_get_group_ids_after_every_earlier_rank_and_epoch(tmp_path):
+    # 8 pairs, 2 per rank per epoch, 2 ranks: epoch 1, rank 1 owns groups (1 * 2 + 1) * 2 + (0, 1) = 6, 7
+    d = tmp_path / "prefs"
+    d.mkdir()
+    for i in range(8):
+        np.save(d / f"p{i}.npy", np.full(2, float(i), np.float32))
+    path = _write_pairs(tmp_path, [{"prompt": "", "image_a": f"p{i}.npy", "image_b": f"p{(i + 1) % 8}.npy",
+                                    "preferred": "a"} for i in range(8)])
+    algo = ALGORITHMS.build("diffusion_dpo", pairs_from="file", preference_file=str(path))
+    batch = algo.collect(tiny_policy(), epoch=1, rank=1, world_size=2, num_samples=4)
+    assert batch["group_ids"].tolist() == [6, 6, 7, 7] and batch["group_ids"].dtype == torch.long
+    assert batch["rewards"].tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_grey_images_are_read_as_one_channel_for_a_one_channel_policy(tmp_path):
+    from PIL import Image
+    d = tmp_path / "prefs"
+    d.mkdir()
+    Image.new("L", (2, 2), 51).save(d / "a.png")      # 51 / 255 = 0.2
+    Image.new("RGB", (2, 2), (204, 204, 204)).save(d / "b.png")   # RGB read back as grey: 0.8
+    path = _write_pairs(tmp_path, [{"prompt": "", "image_a": "a.png", "image_b": "b.png", "preferred": "a"}])
+
+    class GreyPolicy:                                  # no encode_images: samples are its latents
+        sample_shape = (1, 2, 2)
+
+    x_w, x_l, _ = encode_pairs(GreyPolicy(), load_preference_file(path))
+    assert x_w.shape == x_l.shape == (1, 1, 2, 2)
+    assert torch.allclose(x_w, torch.full_like(x_w, 0.2)) and torch.allclose(x_l, torch.full_like(x_l, 0.8))
+
+
+def test_an_image_for_a_four_channel_policy_is_refused(tmp_path):
+    from PIL import Image
+
+    from flowrl.algorithms.preferences import read_sample
+    Image.new("RGB", (2, 2)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="1 or 3 channels.*have 4.*npy"):
+        read_sample(tmp_path / "a.png", channels=4)

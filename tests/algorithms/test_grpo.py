@@ -1,75 +1,78 @@
-"""GRPO's loss skips zero-weight rows (zero-spread groups) without changing the loss or its gradient."""
-from contextlib import contextmanager
-
+"""Flow-GRPO's loss pieces with hand-computed values: the KL to the reference in both forms, the
+CFG option of training re-evaluation, and the option checks."""
 import pytest
 import torch
 
-from flowrl.algorithms.grpo import clipped_step_losses, drop_zero_weight_rows, reference_kl, step_log_prob
-from flowrl.algorithms.losses import clipped_surrogate
+from flowrl.algorithms.grpo import GRPO, cond_of, reference_kl, step_log_prob
 from flowrl.batch import Batch
 from flowrl.sampling.rollout import RolloutSettings
 
-
-class LinearFlow:
-    """v = x @ W (the reference: W0, fixed), enough to re-score SDE transitions."""
-
-    def __init__(self):
-        self.w = torch.nn.Parameter(torch.tensor([[0.3, -0.2], [0.1, 0.4]]))
-        self.w0, self.off = torch.tensor([[0.2, 0.0], [0.0, 0.2]]), False
-
-    def velocity(self, x, sigma, cond, guidance=1.0):
-        return x @ (self.w0 if self.off else self.w)
-
-    @contextmanager
-    def reference(self):
-        self.off = True
-        yield
-        self.off = False
+from _linear_policy import LinearPolicy
 
 
-ST = RolloutSettings(torch.tensor([1.0, 0.6, 0.3]), torch.tensor([True, True]), torch.tensor([True, True]),
-                     0.7, "sde", 1.0)
+def _setup(kind="sde", cps_log_prob="exact"):
+    # one sample, two elements x = (1, 2) at sigma 0.5 -> 0.4 (schedule 1, 0.9, 0.5, 0.4, 0), a = 0.7
+    sigmas = torch.tensor([1.0, 0.9, 0.5, 0.4, 0.0])
+    mask = torch.tensor([False, False, True, False])
+    st = RolloutSettings(sigmas, mask, mask, 0.7, kind, 1.0, 1.0, cps_log_prob)
+    latents = torch.zeros(1, 5, 2)
+    latents[0, 2] = torch.tensor([1.0, 2.0])
+    latents[0, 3] = torch.tensor([0.5, 1.5])
+    return Batch({"latents": latents}), st
 
 
-def _batch(weights):
-    g = torch.Generator().manual_seed(0)
-    n = len(weights)
-    return Batch({"latents": torch.randn(n, 3, 2, generator=g), "log_probs": torch.randn(n, 2, generator=g) * 0.1 - 2,
-                  "advantages": torch.tensor([1.0, -1.0, 0.5, 2.0])[:n], "weights": torch.tensor(weights)})
+@pytest.mark.parametrize("form,expected", [("exact", 0.3954145), ("flow_grpo", 0.03954145)])
+def test_reference_kl_value_in_both_forms(form, expected):
+    # mean - mean_ref = v (1 + std_t^2 (1 - s) / (2 s)) dt = (1, 2) * 1.245 * (-0.1); mean square
+    # = 0.1245^2 * (1 + 4) / 2 = 0.038750625. std_t = 0.7 sqrt(0.5/0.5) = 0.7, |dt| = 0.1:
+    # exact: / (2 * 0.49 * 0.1) = 0.3954145; Flow-GRPO's: / (2 * 0.49) = 0.03954145 (= exact x |dt|)
+    policy = LinearPolicy(1.0)
+    batch, st = _setup()
+    out = step_log_prob(policy, batch, 2, st)
+    kl = reference_kl(policy, batch, 2, st, out, form)
+    assert kl.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_drop_zero_weight_rows_by_hand():
-    kept, frac, idx = drop_zero_weight_rows(_batch([1.0, 0.0, 1.0, 0.0]))
-    assert frac == 0.5 and kept["advantages"].tolist() == [1.0, 0.5] and idx.tolist() == [0, 2]
-    one, frac, idx = drop_zero_weight_rows(_batch([0.0, 0.0, 0.0, 0.0]))
-    assert len(one) == 1 and frac == 0.25 and idx.tolist() == [0]
-    full = _batch([1.0, 1.0, 1.0, 1.0])
-    assert drop_zero_weight_rows(full) == (full, 1.0, None)
+def test_reference_kl_cps_forms_agree():
+    # CPS: Flow-GRPO's std_dev_t IS the transition std 0.4 sin(0.35 pi), so both forms coincide.
+    # mean - mean_ref = (x0^ - x0^_ref) 0.6 + (x1^ - x1^_ref) sqrt(0.16 - std^2) with v = x, v_ref = 0:
+    # = x (-0.5 * 0.6 + 0.5 * 0.1815962) = -0.2092019 x; KL = 0.2092019^2 * 2.5 / (2 * 0.1270229)
+    policy = LinearPolicy(1.0)
+    batch, st = _setup("cps")
+    out = step_log_prob(policy, batch, 2, st)
+    exact = reference_kl(policy, batch, 2, st, out, "exact")
+    flow = reference_kl(policy, batch, 2, st, out, "flow_grpo")
+    assert exact.item() == pytest.approx(0.2092019 ** 2 * 2.5 / (2 * 0.1270229), rel=1e-5)
+    assert flow.item() == pytest.approx(exact.item(), rel=1e-6)
 
 
-def _grad(losses, policy):
-    policy.w.grad = None
-    total = sum(losses)
-    total.backward()
-    return float(total), policy.w.grad.clone()
+def test_loss_terms_add_beta_times_the_flow_grpo_kl():
+    # on-policy (old log-prob = current): ratio 1, advantage 2, weight 1 -> policy loss -2;
+    # + beta 0.5 * KL 0.03954145 (Flow-GRPO's form, the default)
+    policy = LinearPolicy(1.0)
+    batch, st = _setup()
+    lp = step_log_prob(policy, batch, 2, st).log_prob.detach()
+    log_probs = torch.zeros(1, 4)
+    log_probs[:, 2] = lp
+    batch["log_probs"], batch["advantages"], batch["weights"] = log_probs, torch.tensor([2.0]), torch.ones(1)
+    (loss, metrics), = list(GRPO(clip_range=0.1, beta=0.5).loss_terms(policy, batch, st))
+    assert loss.item() == pytest.approx(-2 + 0.5 * 0.03954145, rel=1e-5)
+    assert metrics["kl"] == pytest.approx(0.03954145, rel=1e-5)
 
 
-@pytest.mark.parametrize("guard", [False, True])
-@pytest.mark.parametrize("weights", [[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
-def test_same_loss_and_gradient_as_the_full_weighted_batch(weights, guard):
-    from flowrl.algorithms.grpo_guard import guard_log_ratio
-    policy, mb, beta, clip = LinearFlow(), _batch(weights), 0.3, 0.05
-    old_means = torch.randn(4, 2, 2, generator=torch.Generator().manual_seed(1)) if guard else None
-    full = []          # the definition: weighted mean over ALL rows, every row re-scored
-    for t, j in enumerate(ST.train_steps):
-        out = step_log_prob(policy, mb, j, ST)
-        lr = (guard_log_ratio(out.log_prob, mb["log_probs"][:, j], out.mean, old_means[:, t], out.std) if guard
-              else out.log_prob - mb["log_probs"][:, j])
-        pg, _, _ = clipped_surrogate(lr, torch.zeros_like(lr), mb["advantages"], clip, mb["weights"])
-        full.append(pg + beta * (reference_kl(policy, mb, j, ST, out) * mb["weights"]).mean())
-    want_loss, want_grad = _grad(full, policy)
-    got_loss, got_grad = _grad([l for l, _ in clipped_step_losses(policy, mb, ST, clip, beta, old_means)],
-                               policy)
-    assert got_loss == pytest.approx(want_loss, abs=1e-7)
-    assert torch.allclose(got_grad, want_grad, atol=1e-7)
-    assert (want_grad.abs().sum() > 0) == any(w > 0 for w in weights)
+def test_bad_kl_form_is_refused():
+    with pytest.raises(ValueError, match="algorithm.kl must be 'exact' or 'flow_grpo'"):
+        GRPO(kl="flowgrpo")
+
+
+def test_step_log_prob_scores_the_stored_next_state_by_hand():
+    # mean = x (1 - 0.049) + v (1.245)(-0.1) with v = x: 0.8265 x = (0.8265, 1.653); x' = (0.5, 1.5);
+    # std = 0.7 sqrt(0.1); log N averaged over the 2 elements = -0.0742937
+    batch, st = _setup()
+    assert step_log_prob(LinearPolicy(1.0), batch, 2, st).log_prob.item() == pytest.approx(-0.0742937, rel=1e-5)
+
+
+def test_cond_of_strips_the_prefix():
+    b = Batch({"latents": torch.zeros(2, 1), "cond.prompt_embeds": torch.ones(2, 3), "rewards": torch.zeros(2)})
+    out = cond_of(b)
+    assert list(out) == ["prompt_embeds"] and torch.equal(out["prompt_embeds"], torch.ones(2, 3))

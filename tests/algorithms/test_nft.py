@@ -86,7 +86,11 @@ def test_step_sigmas_are_distinct_schedule_levels():
     assert out.shape == (4, 10)
     for row in out:
         assert sorted(row.tolist()) == pytest.approx(sorted(sig[:-1].tolist()))   # 0 never drawn
-    assert draw_step_sigmas(sig, 3, 25, torch.Generator().manual_seed(0)).shape == (3, 25)
+    many = draw_step_sigmas(sig, 3, 25, torch.Generator().manual_seed(0))   # k > S: with replacement
+    levels = set(round(v, 6) for v in sig[:-1].tolist())
+    assert many.shape == (3, 25) and {round(v, 6) for v in many.flatten().tolist()} <= levels
+    few = draw_step_sigmas(sig, 5, 4, torch.Generator().manual_seed(1))      # k <= S: 4 distinct levels
+    assert all(len(set(row.tolist())) == 4 for row in few) and (few > 0).all()
 
 
 class LinearPolicy:
@@ -187,3 +191,18 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path):
     full, cut = rows(tmp_path / "full"), rows(tmp_path / "cut")
     last = [r for r in full if r["epoch"] == 3]
     assert len(last) == 1 and "policy_loss" in last[0] and last == [r for r in cut if r["epoch"] == 3]
+
+
+def test_old_velocities_run_in_chunks_of_old_batch_size_rows():
+    # 8 samples x 4 draws; old_batch_size 1 -> 8 chunks x 4 forward passes of 1 row each; 3 -> rows 3, 3, 2
+    class Counting(LinearPolicy):
+        def velocity(self, x, sigma, cond=None, guidance=None):
+            self.rows.append(x.shape[0])
+            return self.model(x)
+    for size, rows in ((1, [1] * 32), (3, [3] * 4 + [3] * 4 + [2] * 4)):
+        policy, batch = Counting(), _batch()
+        policy.rows = []
+        alg = ALGORITHMS.build("nft", beta=1.0, old_batch_size=size)
+        alg.num_loss_terms(4)
+        alg.prepare(policy, batch, Batch({k: batch[k] for k in ("rewards", "group_ids", "prompt_ids")}), slice(0, 8))
+        assert policy.rows == rows

@@ -1,9 +1,11 @@
 import math
+from contextlib import contextmanager
 
 import pytest
 import torch
 
 from flowrl.algorithms.orw import ORWCFMW2, orw_cfm_w2_loss, ot_pair, reward_weights
+from flowrl.batch import Batch
 
 
 def test_unit_weights_and_no_w2_is_plain_cfm():
@@ -55,3 +57,51 @@ def test_ot_pairing_stays_within_each_prompt():
     out = ot_pair(x1, x0, keys)
     assert out.flatten().tolist() == [0.0, 10.0, 0.0, 10.0]
     assert sorted(out[:2].flatten().tolist()) == sorted(x0[:2].flatten().tolist())   # a permutation per prompt
+
+
+class _Recorder:
+    """v = x (the reference: v = 0); records the (x_sigma, sigma) it is called at."""
+
+    def __init__(self):
+        self.calls, self._ref = [], False
+
+    def velocity(self, x, sigma, cond, guidance=None):
+        self.calls.append((x.clone(), sigma.clone()))
+        return torch.zeros_like(x) if self._ref else x
+
+    @contextmanager
+    def reference(self):
+        self._ref = True
+        try:
+            yield self
+        finally:
+            self._ref = False
+
+
+def test_loss_terms_interpolate_from_samples_to_noise():
+    # x1 = the stored samples (latents[:, -1]); x0 and sigma are the algorithm's draws in this order:
+    # x0 = randn(x1.shape), sigma = rand(B) from its generator (here seeded 7, no OT pairing).
+    x1 = torch.tensor([[3.0, -1.0], [0.5, 2.0]])
+    batch = Batch({"latents": torch.stack([torch.zeros(2, 2), x1], dim=1), "weights": torch.tensor([1.0, 3.0]),
+                   "prompt_ids": torch.zeros(2, dtype=torch.long)})
+    algo = ORWCFMW2(w2_coefficient=0.5, ot_pairing=False)
+    algo._generator.manual_seed(7)
+    g = torch.Generator().manual_seed(7)
+    x0, sigma = torch.randn(2, 2, generator=g), torch.rand(2, generator=g)
+    policy = _Recorder()
+    (loss, _), = list(algo.loss_terms(policy, batch, None))
+    xt = (1 - sigma[:, None]) * x1 + sigma[:, None] * x0          # sigma = 0 data, sigma = 1 noise
+    assert torch.allclose(policy.calls[0][0], xt) and torch.allclose(policy.calls[0][1], sigma)
+    fm = ((xt - (x0 - x1)) ** 2).mean(1)                          # v = x_sigma, target u = x0 - x1
+    w2 = (xt ** 2).mean(1)                                        # v_ref = 0
+    assert loss.item() == pytest.approx((torch.tensor([1.0, 3.0]) * fm + 0.5 * w2).mean().item(), rel=1e-5)
+
+
+def test_ot_pairing_minimises_squared_not_other_powers_of_distance():
+    # x1 = a, b and x0 = c, d with |a-c| = 0, |b-d| = 3, |a-d| = |b-c| = 2.2: keeping the order costs
+    # 0 + 9 = 9 in squared distance (< 2 x 4.84 = 9.68) but 27 in cubed (> 2 x 10.65): squared keeps it
+    b = torch.tensor([[2.2 * 0.0702, 2.2 * math.sqrt(1 - 0.0702 ** 2)]])
+    x1 = torch.cat([torch.zeros(1, 2), b])
+    x0 = torch.tensor([[0.0, 0.0], [2.2, 0.0]])
+    assert torch.cdist(x1, x0)[1, 1].item() == pytest.approx(3.0, abs=1e-3)
+    assert torch.equal(ot_pair(x1, x0), x0)

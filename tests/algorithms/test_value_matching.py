@@ -166,10 +166,16 @@ def test_prepare_recomputes_the_rollout_costs():
     from flowrl.batch import Batch
     batch = Batch({"latents": traj.latents, "rewards": torch.tensor([1.0, 0, 0, 1, 0])})
     alg.prepare(env.policy, batch, batch, slice(0, 5))
-    expect = cost_to_go(traj.running_costs, traj.t[1:] - traj.t[:-1], batch["rewards"], 2.0)
-    assert torch.allclose(batch["vm_costs"], expect, atol=1e-6)
+    c, dt = batch["vm_costs"], traj.t[1:] - traj.t[:-1]
+    # the cost-to-go by its definition: c_S = -lambda r, c_k = c_{k+1} + L_k dt_k
+    assert torch.allclose(c[:, -1], -2.0 * batch["rewards"])
+    assert torch.allclose(c[:, :-1] - c[:, 1:], traj.running_costs * dt[None].float(), atol=1e-6)
+    with torch.no_grad():                                 # V = 0 now: the loss is sum_k w_k mean_b c_k^2 / S
+        alg.value_net.head.weight.zero_()
+        alg.value_net.head.bias.zero_()
     loss, _ = next(iter(alg.loss_terms(env.policy, batch, None)))
-    assert loss.requires_grad and math.isfinite(loss.item())
+    w = loss_weights(time_grid(10, alg.t_min), 2.0)
+    assert loss.requires_grad and loss.item() == pytest.approx(float((w * (c ** 2).mean(0)).sum() / 10), rel=1e-5)
 
 
 def test_state_dict_round_trip_keeps_the_module_object():
@@ -229,3 +235,33 @@ def test_a_prompt_conditioned_value_sees_the_prompt_and_is_bound_per_sample():
     bound = BoundValue(net, c)
     xs = torch.ones(6, 2)                                     # 3 states per sample, sample-major
     assert torch.allclose(bound(xs, torch.full((6,), 0.5)), v.repeat_interleave(3))
+
+
+def test_setup_sizes_a_prompt_conditioned_value_net_from_the_encoding():
+    class LabelPolicy(LinearPolicy):
+        sample_shape = (2,)
+
+        def encode(self, prompts):
+            return {"label": torch.zeros(len(prompts), dtype=torch.long)}
+    alg = ValueMatching(hidden=8, depth=1, cond_classes=5)
+    alg.setup(LabelPolicy(), None)
+    first = alg.value_net.body[0]
+    assert first.in_features == 2 + 1 + 5                 # x (2), t, the 5-class one-hot
+
+
+def test_controlled_sampler_on_two_dimensional_samples_by_hand():
+    # V = 0 (a fresh ValueMLP's head is zero): no control, no running cost; base v = 0 in flowrl's
+    # convention: Euler-Maruyama x += dt * b(x, t) + sqrt(dt) sigma(t) z, t shared by the whole batch
+    net = ValueMLP(2, hidden=8, depth=1)
+    zero = lambda x, s: torch.zeros_like(x)  # noqa: E731
+    noise = torch.arange(6.0).view(3, 2) / 6
+    batch = sample_controlled(zero, net, noise, 4, 0.1, torch.Generator().manual_seed(0))
+    assert batch.latents.shape == (3, 5, 2) and torch.equal(batch.running_costs, torch.zeros(3, 4))
+    g = torch.Generator().manual_seed(0)                  # the sampler's increments: randn(3, 2) per step
+    x = noise
+    t = time_grid(4, 0.1)
+    for k in range(4):
+        dt = float(t[k + 1] - t[k])
+        sig = memoryless_sigma(t[k].expand(3)).view(3, 1)
+        x = x + dt * base_drift(x, t_velocity(torch.zeros_like(x)), t[k].expand(3)) + math.sqrt(dt) * sig * torch.randn(3, 2, generator=g)
+    assert torch.allclose(batch.latents[:, -1], x, atol=1e-6)

@@ -116,9 +116,16 @@ def test_hutchinson_log_likelihood_unbiased():
     z = err.mean(0) / (err.std(0) / math.sqrt(200))
     assert z.abs().max() < 4.0
     assert err.std(0).max() > 1e-3  # it really is stochastic
-    h, se = flow_entropy(velocity, torch.randn(400, 2, dtype=torch.float64), num_steps=20,
-                         divergence="hutchinson", probe="gaussian", num_probes=2)
-    assert math.isfinite(h.item()) and se.item() > 0
+
+
+def test_hutchinson_entropy_of_a_gaussian_within_its_standard_error():
+    # data N(0, 0.5^2 I_2): entropy = log(2 pi e 0.25) = 1.4516. log p0 = -|x|^2/(2 s^2) + c has
+    # variance d/2 = 1, so the standard error is >= 1/sqrt(400) = 0.05 (plus Hutchinson noise)
+    g = torch.Generator().manual_seed(5)
+    h, se = flow_entropy(gaussian_velocity(0.5), torch.randn(400, 2, generator=g, dtype=torch.float64),
+                         num_steps=20, divergence="hutchinson", probe="gaussian", num_probes=2)
+    assert 0.045 < se.item() < 0.15
+    assert abs(h.item() - math.log(2 * math.pi * math.e * 0.25)) < 4 * se.item()
 
 
 def test_bad_arguments():

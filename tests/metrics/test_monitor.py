@@ -16,7 +16,8 @@ def test_identical_and_clustered_points():
     for m in (1, 4):
         d = cheap_diversity(_clusters(m), bandwidth=1.0)
         assert d["vendi"] == pytest.approx(m, abs=1e-3) and d["bandwidth"] == 1.0
-    assert cheap_diversity(torch.randn(40))["num_samples"] == 40  # (N,) 1-D samples
+    one_d = cheap_diversity(torch.cat([torch.zeros(20), torch.full((20,), 100.0)]), bandwidth=1.0)
+    assert one_d["num_samples"] == 40 and one_d["vendi"] == pytest.approx(2.0, abs=1e-9)  # (N,): 2 modes
 
 
 def test_at_most_512_samples_and_images():

@@ -90,3 +90,21 @@ def test_cached_base_draws_digits_the_classifier_recognises():
         wrong_digit = ((pred != cond["label"]) & (pred != JUNK)).float().mean().item()
         assert wrong_digit <= 0.05, (g, wrong_digit)
     assert acc[1.0] >= 0.75 and acc[2.0] >= 0.95, acc
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_cfg_gradient_with_and_without_the_unconditional_half(tiny, detach):
+    # v = v_u + g (v_c - v_u): d/dtheta sum(v) = g grad(v_c) + (1 - g) grad(v_u); with v_u detached
+    # (Flow-GRPO's July-2025 train_sd3.py) only g grad(v_c) remains
+    x, s, g = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((3,), 0.6), 3.0
+    params = [p for p in tiny.net.parameters() if p.requires_grad]
+    def grads(v):
+        return torch.autograd.grad(v.sum(), params, allow_unused=True)
+    cond, null = tiny.encode(["1", "2", "3"]), tiny.encode(["", "", ""])
+    got = grads(tiny.velocity(x, s, cond, guidance=g, detach_uncond=detach))
+    gc, gu = grads(tiny.velocity(x, s, cond, guidance=1.0)), grads(tiny.velocity(x, s, null, guidance=1.0))
+    for a, c, u in zip(got, gc, gu):
+        if a is None:
+            continue
+        want = g * c if detach else g * c + (1 - g) * (u if u is not None else 0)
+        assert torch.allclose(a, want, atol=1e-5)

@@ -15,7 +15,7 @@ from flowrl.protocols import Runtime
 from flowrl.registry import POLICIES
 from flowrl.sampling.rollout import RolloutSettings, ode_sample, rollout
 from flowrl.sampling.schedule import step_masks
-from flowrl.sampling.sde import kl_same_std, sde_mean_std
+from flowrl.sampling.sde import kl_same_std, sde_mean_std, step_kl
 
 RES, SEQ = 32, 16                     # 32 px -> 4x4 latents -> 2x2 patches: milliseconds per pass
 PROMPTS = ["a photo of a red cat", "a dog on the grass", "a photo of a red cat"]
@@ -161,7 +161,16 @@ def test_kl_to_the_reference_is_exactly_zero_for_zero_lora_and_positive_otherwis
         assert torch.equal(kl_same_std(mean, mean_ref, std), torch.zeros(3))
         perturb(policy)
         mean, mean_ref, std = _means(policy, x, s, s_next, cond)
-        assert (kl_same_std(mean, mean_ref, std) > 0).all()
+        kl = kl_same_std(mean, mean_ref, std)
+        assert (kl > 0).all()
+        # outside reference: torch's Gaussian KL per element, averaged over C, H, W
+        sd = std.view(-1, 1, 1, 1).expand_as(mean)
+        ref_kl = torch.distributions.kl_divergence(torch.distributions.Normal(mean, sd),
+                                                   torch.distributions.Normal(mean_ref, sd)).mean(dim=(1, 2, 3))
+        assert torch.allclose(kl, ref_kl, rtol=1e-4)
+        # Flow-GRPO's form = the exact KL x |d sigma| (here 0.1)
+        flow = step_kl(mean, mean_ref, std, s, s_next, "sde", "flow_grpo")
+        assert torch.allclose(flow, kl * (s - s_next), rtol=1e-4)
         with policy.reference():
             mean, mean_ref, std = _means(policy, x, s, s_next, cond)
         assert torch.equal(kl_same_std(mean, mean_ref, std), torch.zeros(3))
@@ -182,6 +191,9 @@ def test_grpo_ratio_is_exactly_one_on_a_fresh_rollout_and_only_lora_gets_gradien
         assert torch.equal(step_log_prob(policy, batch, j, st).log_prob, traj.log_probs[:, j])
     terms = list(GRPO(clip_range=1e-4, beta=0.01).loss_terms(policy, batch, st))
     assert len(terms) == 4 and all(m["ratio"] == 1.0 and m["clipfrac"] == 0.0 for _, m in terms)
+    # at ratio 1 the surrogate is -mean(A) = -(1 - 1 + 0.5) / 3; the loss adds beta * KL
+    assert all(m["policy_loss"] == pytest.approx(-0.5 / 3, rel=1e-6) for _, m in terms)
+    assert all(t.item() == pytest.approx(m["policy_loss"] + 0.01 * m["kl"], rel=1e-5) for t, m in terms)
     terms[0][0].backward()
     grads = {k: p.grad for k, p in policy.net.named_parameters()}
     assert all(g is None for k, g in grads.items() if "lora_" not in k)

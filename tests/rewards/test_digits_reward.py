@@ -70,6 +70,9 @@ def test_registered_for_images_and_jpeg_takes_8x8_images(test_images):
     for name in ("digit_classifier", "digit_confidence"):
         assert REWARDS.meta(name) == {"domain": "image", "differentiable": True}
     fn = build_reward({"digit_classifier": 1.0, "jpeg_compressibility": 0.1}, {}, "cpu")
-    total, parts = fn(images[:4], ["0", "1", "2", "3"], [{}] * 4)
-    assert total.shape == (4,) and torch.isfinite(total).all()
+    _, y = test_images
+    total, parts = fn(images[:4], [str(int(k)) for k in y[:4]], [{}] * 4)
     assert (parts["jpeg_compressibility"] < 0).all()    # minus the JPEG size in kB
+    assert (parts["jpeg_compressibility"] > -2).all()   # an 8x8 JPEG is well under 2 kB
+    assert (parts["digit_classifier"] > 0.5).all()      # real digits, asked for by their own label
+    assert torch.allclose(total, parts["digit_classifier"] + 0.1 * parts["jpeg_compressibility"])

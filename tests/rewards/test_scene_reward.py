@@ -93,7 +93,24 @@ def test_through_build_reward_with_shipped_metadata():
     wrong = images.flip(0)   # other prompts' scenes: strict accuracy 0 where the attributes differ
     total, parts = build_reward({"scene_geneval": 1.0}, {}, "cpu", metrics=("scene_accuracy",))(
         wrong, [r["prompt"] for r in rows], ps.metadata[:6])
-    assert torch.equal(parts["scene_accuracy"], (parts["scene_geneval"] == 1.0).float())
     assert parts["scene_accuracy"].sum() < 6
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         scene_scores(torch.zeros(2, 32, 32), ["a square"] * 2)
+
+
+def test_partial_credit_and_strict_accuracy_by_hand():
+    # a red circle asked as "a yellow circle": object + count hold, colour fails -> 1/2, strict 0;
+    # two squares asked as "three squares": the class holds, the count fails -> 1/2, strict 0
+    red = {"include": [{"class": "circle", "color": "red", "count": 1}], "exclude": [], "tag": "colors"}
+    two = {"include": [{"class": "square", "count": 2}], "exclude": [], "tag": "counting"}
+    images = torch.stack([g.make_scene({"prompt": "a red circle", **red}, 0).image,
+                          g.make_scene({"prompt": "a red circle", **red}, 1).image,
+                          g.make_scene({"prompt": "two squares", **two}, 2).image,
+                          g.make_scene({"prompt": "two squares", **two}, 3).image])
+    yellow = {**red, "include": [{"class": "circle", "color": "yellow", "count": 1}]}
+    three = {**two, "include": [{"class": "square", "count": 3}]}
+    _, parts = build_reward({"scene_geneval": 1.0}, {}, "cpu", metrics=("scene_accuracy",))(
+        images, ["a red circle", "a yellow circle", "two squares", "three squares"], [red, yellow, two, three])
+    assert parts["scene_geneval"].tolist() == [1.0, 0.5, 1.0, 0.5]
+    assert parts["scene_accuracy"].tolist() == [1.0, 0.0, 1.0, 0.0]
+

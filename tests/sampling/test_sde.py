@@ -5,7 +5,7 @@ import torch
 
 from flowrl.sampling.rollout import ode_sample, rollout
 from flowrl.sampling.schedule import shifted_sigmas, step_masks
-from flowrl.sampling.sde import gaussian_log_prob, kl_same_std, ode_step, sde_mean_std, sde_step
+from flowrl.sampling.sde import kl_same_std, ode_step, sde_mean_std, sde_step, step_kl
 
 
 def test_sde_mean_std_matches_hand_computation():
@@ -34,9 +34,46 @@ def test_log_prob_equals_closed_form_gaussian_density():
     out = sde_step(x, v, s, s2, 0.7, 0.95, generator=g)
     ref = torch.distributions.Normal(out.mean, out.std.view(-1, 1, 1, 1)).log_prob(out.sample)
     assert torch.allclose(out.log_prob, ref.mean(dim=(1, 2, 3)), atol=1e-5)
-    # scoring a given sample reproduces the same log-prob
-    again = sde_step(x, v, s, s2, 0.7, 0.95, prev_sample=out.sample)
-    assert torch.equal(again.log_prob, out.log_prob)
+
+
+# Two elements x = (1, -1), v = (2, 0), sigma 0.5 -> 0.4, a = 0.7, scored sample x' = (0.5, -0.5).
+X2, V2, XP2 = torch.tensor([[1.0, -1.0]]), torch.tensor([[2.0, 0.0]]), torch.tensor([[0.5, -0.5]])
+
+
+def test_sde_log_prob_of_a_given_sample_hand_computed():
+    # mean = (0.702, -0.951) (x (1 - 0.049) + v (1.245)(-0.1)), std = 0.7 sqrt(0.1) = 0.2213594;
+    # log N averaged over the two elements = -0.6569149 (Flow-GRPO's SDE log-prob, both forms)
+    for form in ("exact", "flow_grpo"):
+        out = sde_step(X2, V2, torch.tensor([0.5]), torch.tensor([0.4]), 0.7, 0.9, prev_sample=XP2,
+                       cps_log_prob=form)
+        assert out.log_prob.item() == pytest.approx(-0.6569149, rel=1e-6)
+
+
+@pytest.mark.parametrize("form,expected", [("exact", -0.0801481), ("flow_grpo", -0.0490064)])
+def test_cps_log_prob_in_both_forms_hand_computed(form, expected):
+    # std = 0.4 sin(0.35 pi) = 0.3564026; x0^ = (0, -1), x1^ = (2, -1);
+    # mean = x0^ 0.6 + x1^ sqrt(0.16 - std^2) = (0.3631924, -0.7815962); d = x' - mean = (0.1368076, 0.2815962)
+    # flow_grpo: -(d1^2 + d2^2) / 2 = -0.0490064 (no 1/(2 std^2), no constants)
+    # exact: mean(-d^2 / (2 std^2) - log std - log sqrt(2 pi)) = -0.0801481
+    out = sde_step(X2, V2, torch.tensor([0.5]), torch.tensor([0.4]), 0.7, 0.9, kind="cps", prev_sample=XP2,
+                   cps_log_prob=form)
+    assert out.log_prob.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind,form,expected", [("sde", "exact", 25.510204), ("sde", "flow_grpo", 2.5510204),
+                                                ("cps", "exact", 9.8407), ("cps", "flow_grpo", 9.8407)])
+def test_step_kl_forms_hand_computed(kind, form, expected):
+    # mean - mean_ref = (1, 2): mean square 2.5. sde: std = 0.7 sqrt(0.1) -> 2.5 / (2 * 0.049) exact,
+    # 2.5 / (2 * 0.49) Flow-GRPO's (std_t without sqrt|dt|); cps: std = 0.3564026 in both forms
+    std = torch.tensor([0.7 * math.sqrt(0.1) if kind == "sde" else 0.4 * math.sin(0.35 * math.pi)])
+    kl = step_kl(torch.tensor([[1.0, 2.0]]), torch.zeros(1, 2), std, torch.tensor([0.5]), torch.tensor([0.4]),
+                 kind, form)
+    assert kl.item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_bad_log_prob_form_is_refused():
+    with pytest.raises(ValueError, match="cps_log_prob must be 'exact' or 'flow_grpo'"):
+        sde_step(X2, V2, torch.tensor([0.5]), torch.tensor([0.4]), 0.7, 0.9, kind="cps", cps_log_prob="fg")
 
 
 def test_cps_mean_and_std():

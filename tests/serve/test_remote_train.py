@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from flowrl.checkpoint import latest_checkpoint
+from flowrl.checkpoint import pick_checkpoint
 from flowrl.cli import app
 from flowrl.config import load_config
 from flowrl.trainer import Trainer
@@ -64,7 +64,7 @@ def test_killed_server_stops_the_run_cleanly_and_resume_finishes(local_run, tmp_
         lines = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and server.url in lines[0] and "3 attempts" in lines[0], result.output
         assert "Traceback" not in result.output
-        assert latest_checkpoint(tmp_path / "run").name == "step_1"
+        assert pick_checkpoint(tmp_path / "run").name == "step_1"
     finally:
         server.stop()
     server = ServerProcess(port=server.port).start()   # back, on the same port
