@@ -77,6 +77,9 @@ def load_config(spec: str, overrides: Sequence[str] = ()):
     for o in overrides:
         if "=" not in o:
             raise ConfigError(f"override {o!r} needs the form key=value, e.g. train.lr=1e-4")
+    # ml_collections loads the file as module "config_config" with SourceFileLoader.load_module, which
+    # re-executes into an existing module of that name: drop it, or an earlier file's names survive
+    sys.modules.pop("config_config", None)
     try:
         fv(argv)
     except flags.Error as e:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from pathlib import Path
 
 
 def build_accelerator(config, gradient_accumulation_steps: int):
@@ -39,3 +40,15 @@ def init_tracking(acc, config, run_dir) -> None:
     if config.logging.wandb:
         init = {"wandb": {"dir": str(run_dir), "name": os.path.basename(str(run_dir))}}
         acc.init_trackers(config.logging.project, config=config.to_dict(), init_kwargs=init)
+
+
+def dump_epoch(folder, epoch: int, rank: int, batch, params) -> None:
+    """Debugging aid (FLOWRL_DUMP_DIR; the distributed tests): this rank's rewards, group ids and
+    advantages of epoch `epoch` (0-based) and the full trained weights (FSDP shards gathered)."""
+    import torch
+
+    from flowrl.cache import atomic_save_safetensors
+    from flowrl.fsdp import full
+    keep = {k: v for k, v in batch.tensors.items() if k in ("rewards", "group_ids", "advantages")}
+    keep["params"] = torch.cat([full(p.detach()).flatten().float().cpu() for p in params])
+    atomic_save_safetensors(keep, Path(folder) / f"epoch{epoch + 1}_rank{rank}.safetensors")

@@ -9,6 +9,15 @@ import torch
 from flowrl.checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
 
 
+TIMING_PREFIXES = ("time_", "cpu_")   # metrics that vary from run to run (wall and CPU seconds)
+
+
+def comparable_rows(rows: List[dict]) -> List[dict]:
+    """metrics.jsonl rows without their timings: two runs that computed the same thing (e.g. a
+    resumed run and an uninterrupted one) have equal comparable rows."""
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING_PREFIXES)} for r in rows]
+
+
 def load_run_config(run_dir: Path):
     """The run's config.yaml as a locked ConfigDict."""
     import ml_collections

@@ -20,7 +20,7 @@ from flowrl.checkpoint import (begin_checkpoint, finish_checkpoint, load_checkpo
 from flowrl.config import plan_batches
 from flowrl.data.prompts import load_prompts
 from flowrl.data.sampler import epoch_assignment, group_shuffle, mix_seed
-from flowrl.evaluation import eval_indices, evaluate, save_eval
+from flowrl.evaluator import Evaluator
 from flowrl.guards import StepGuard, check_state_finite, where
 from flowrl.protocols import Runtime
 from flowrl.registry import ALGORITHMS, POLICIES
@@ -81,6 +81,8 @@ class Trainer:
         self.log = MetricsLog(self.run_dir, self.is_main)
         from flowrl.metrics.monitor import DiversityAlarm
         self.alarm, self.eval_extra = DiversityAlarm(config.eval.diversity_alarm_fraction), {}
+        self.evaluator = Evaluator(config, self.acc, self.policy, self.reward, self.test_prompts,
+                                   self.algorithm, self.run_dir, self.alarm, self.print)
         self.start_epoch, self.opt_steps, self.reward_before = 0, 0, None
         if self.resumed:
             self._resume()
@@ -273,45 +275,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, tag: str) -> float:
-        """Mean reward of the fixed eval set (ODE, EMA weights if any); saves the samples."""
-        c, acc = self.c, self.acc
-        idx = eval_indices(c.eval.num_samples, acc.process_index, acc.num_processes)
-        self.policy.net.eval()
-        ctx = self.ema.applied() if (self.ema is not None and tag != "base") else contextlib.nullcontext()
-        with ctx, where(f"evaluation {tag!r}"):
-            local = evaluate(self.policy, self.reward, self.test_prompts, idx, c.sample.eval_num_steps,
-                             c.sample.guidance_scale, c.eval.batch_size, c.eval.seed, acc.device,
-                             sample_fn=self.algorithm.eval_sample)
-        parts = [k for k in local.tensors if k.startswith("reward.")]
-        keys = ["rewards", "index"] + parts + (["samples"] if local["samples"].ndim == 2 else [])
-        gathered = {k: acc.gather(local[k].to(acc.device)).cpu() for k in keys}
-        save_eval(self.run_dir, tag, local, gathered, self.test_prompts, self.is_main)
-        self.eval_extra = self._diversity(tag, local, float(gathered["rewards"].mean()))
-        if len(parts) > 1:   # per component, e.g. eval_scene_accuracy next to eval_reward
-            self.eval_extra.update({f"eval_{k[7:]}": float(gathered[k].mean()) for k in parts})
-        self._log_images(tag, local)
-        return float(gathered["rewards"].mean())
-
-    def _log_images(self, tag: str, local: Batch, n: int = 16) -> None:
-        """The main process's first eval images, with prompt and reward, to wandb (if on)."""
-        if not (self.c.logging.wandb and self.is_main and local["samples"].ndim == 4):
-            return
-        import wandb
-        imgs = [wandb.Image(img.clamp(0, 1).permute(1, 2, 0).numpy(), caption=f"{p} ({r:.3f})")
-                for img, p, r in zip(local["samples"][:n], local["prompts"][:n], local["rewards"].tolist())]
-        self.acc.log({"eval_images": imgs, "eval_tag": tag})
-
-    def _diversity(self, tag: str, local: Batch, reward: float) -> Dict[str, float]:
-        """Cheap Vendi of the eval samples (on the base model's kernel scale) + the collapse alarm."""
-        if not self.c.eval.diversity:
-            return {}
-        from flowrl.metrics.monitor import cheap_diversity, cheap_features
-        feats = self.acc.gather(cheap_features(local["samples"]).to(self.acc.device)).cpu()
-        div = cheap_diversity(feats, bandwidth=self.alarm.bandwidth)
-        warning = self.alarm.check(tag, div, reward)
-        if warning:
-            self.print(warning)
-        return {"eval_diversity": div["vendi"]}
+        """Mean reward of the fixed eval set (ODE, EMA weights if any); saves the samples and sets
+        self.eval_extra (diversity, reward components) for the metrics row."""
+        reward, self.eval_extra = self.evaluator(tag, self.ema)
+        return reward
 
     @property
     def sharded_optimizer(self) -> bool:
@@ -407,18 +374,10 @@ class Trainer:
         row.update({f"time_{k}": v for k, v in self.timers.items()})
         row.update(time_collect=t1 - t0, time_train=time.time() - t1,   # wall; cpu_*: this process's
                    cpu_collect=c1 - c0, cpu_train=time.process_time() - c1)   # CPU (all threads)
-        if os.environ.get("FLOWRL_DUMP_DIR"):
-            self._dump(epoch, batch)
+        if os.environ.get("FLOWRL_DUMP_DIR"):   # debugging aid (and the distributed tests)
+            from flowrl.distributed import dump_epoch
+            dump_epoch(Path(os.environ["FLOWRL_DUMP_DIR"]), epoch, self.acc.process_index, batch, self.params)
         return row
-
-    def _dump(self, epoch: int, batch: Batch) -> None:
-        """Debugging aid (and the distributed tests): per-rank rewards, advantages and weights."""
-        from flowrl.cache import atomic_save_safetensors
-        keep = {k: v for k, v in batch.tensors.items() if k in ("rewards", "group_ids", "advantages")}
-        from flowrl.fsdp import full
-        keep["params"] = torch.cat([full(p.detach()).flatten().float().cpu() for p in self.params])
-        path = Path(os.environ["FLOWRL_DUMP_DIR"]) / f"epoch{epoch + 1}_rank{self.acc.process_index}.safetensors"
-        atomic_save_safetensors(keep, path)
 
     def finish(self, t0: float) -> Dict:
         rows = self.log.read() if self.is_main else []

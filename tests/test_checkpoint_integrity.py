@@ -15,13 +15,12 @@ from flowrl.batch import Batch
 from flowrl.checkpoint import CheckpointError, seal
 from flowrl.cli import app
 from flowrl.evaluation import save_eval
-from flowrl.runs import build_policy, load_policy_weights
+from flowrl.runs import build_policy, comparable_rows, load_policy_weights
 from flowrl.trainer import Trainer
 
 
 def rows(run_dir):
-    return [{k: v for k, v in json.loads(l).items() if not k.startswith("time_")}
-            for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return comparable_rows([json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()])
 
 
 def flip_byte(path, at=-5):

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from flowrl.algorithms.advantages import group_advantages
+from flowrl.runs import comparable_rows
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["model.base_iters=300", "sample.batch_size=32", "sample.num_batches_per_epoch=2",
@@ -45,7 +46,7 @@ def launch(run_dir: Path, dump: Path, epochs: int, config_file: str, resume: boo
 
 def metrics(run_dir: Path):
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(("time_", "cpu_"))} for r in rows]
+    return comparable_rows(rows)
 
 
 def check_ranks(run_dir: Path, dump: Path, epochs: int, per_rank: int = 64, groups: int = 4):

@@ -13,14 +13,14 @@ from flowrl.cli import app
 from flowrl.config import ConfigError
 from flowrl.registry import REWARDS
 from flowrl.rundir import RunLock, default_run_dir
+from flowrl.runs import comparable_rows
 from flowrl.trainer import Trainer
 
 HOLD = "import sys, time; from flowrl.rundir import RunLock; RunLock(sys.argv[1]); print('ready', flush=True); time.sleep(60)"
 
 
 def rows(run_dir):
-    return [{k: v for k, v in json.loads(l).items() if not k.startswith("time_")}
-            for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return comparable_rows([json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()])
 
 
 def test_a_second_writer_is_refused_naming_the_pid_and_kill_9_leaves_no_stale_lock(tmp_path, tiny_moons):
@@ -32,8 +32,8 @@ def test_a_second_writer_is_refused_naming_the_pid_and_kill_9_leaves_no_stale_lo
             with pytest.raises(ConfigError, match=rf"in use by another flowrl process \(PID {holder.pid}\)"):
                 Trainer(tiny_moons("num_epochs=1"), run, resume=resume)
         result = CliRunner().invoke(app, ["train", "--config", "grpo.py:moons", "--output-dir", str(run)])
-        assert result.exit_code == 2 and f"PID {holder.pid}" in result.output
-        assert len(result.output.strip().splitlines()) == 1
+        assert result.exit_code == 2 and f"PID {holder.pid}" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()

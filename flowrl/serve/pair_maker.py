@@ -129,7 +129,7 @@ def run_pairs(run_dir: Path, out: Path, prompts_spec: Optional[str], per_prompt:
     """`flowrl annotate pairs RUN_DIR`: per_prompt samples per prompt (from the last checkpoint, or
     the base model), paired consecutively (per_prompt // 2 pairs per prompt) into `out`. -> pairs."""
     from flowrl.data.prompts import load_prompts
-    from flowrl.checkpoint import latest_checkpoint
+    from flowrl.checkpoint import pick_checkpoint
     from flowrl.runs import build_policy, load_policy_weights, load_run_config
     if per_prompt < 2 or per_prompt % 2:
         raise ValueError(f"--per-prompt {per_prompt}: give an even number >= 2 (pairs of samples)")
@@ -139,7 +139,7 @@ def run_pairs(run_dir: Path, out: Path, prompts_spec: Optional[str], per_prompt:
     pset = load_prompts(prompts_spec if prompts_spec is not None else (cfg.prompts.test_dataset or cfg.prompts.dataset))
     policy = build_policy(cfg, torch.device("cpu"))
     if not use_base:
-        ckpt = latest_checkpoint(run_dir)
+        ckpt = pick_checkpoint(run_dir)
         if ckpt is None:
             raise FileNotFoundError(f"{run_dir} has no checkpoint yet; pass --base to sample the base model")
         load_policy_weights(policy, ckpt)

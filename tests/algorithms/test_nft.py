@@ -7,6 +7,7 @@ from torch import nn
 from flowrl.algorithms.nft import NFT, draw_step_sigmas, nft_loss, optimality_probability
 from flowrl.batch import Batch
 from flowrl.registry import ALGORITHMS
+from flowrl.runs import comparable_rows
 
 
 def test_beta_one_reduces_to_positive_and_mirrored_negative_fm():
@@ -183,8 +184,7 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path):
     import json
 
     def rows(d):
-        return [{k: v for k, v in json.loads(line).items() if not k.startswith(("time_", "cpu_"))}
-                for line in (d / "metrics.jsonl").read_text().splitlines()]
+        return comparable_rows([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()])
     _run(tmp_path / "full", "num_epochs=3", "checkpoint.every=1", "eval.every=0")
     _run(tmp_path / "cut", "num_epochs=2", "checkpoint.every=1", "eval.every=0")
     _run(tmp_path / "cut", "num_epochs=3", "checkpoint.every=1", "eval.every=0", resume=True)

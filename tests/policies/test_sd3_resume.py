@@ -16,6 +16,7 @@ from flowrl.cache import cache_dir
 from flowrl.config import load_config
 from flowrl.policies.sd3 import TINY_NAME, ensure_tiny_sd3, sd3
 from flowrl.protocols import Runtime
+from flowrl.runs import comparable_rows
 from flowrl.trainer import Trainer
 
 TINY = ["num_epochs=3", "checkpoint.every=1", "eval.every=0", "model.resolution=32",
@@ -47,7 +48,7 @@ def test_prompt_embeddings_do_not_depend_on_the_batch_or_the_cache():
 
 def rows(run_dir):
     out = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in out]
+    return comparable_rows(out)
 
 
 def launch(run_dir, log, **env):

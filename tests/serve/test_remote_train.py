@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from flowrl.checkpoint import pick_checkpoint
 from flowrl.cli import app
 from flowrl.config import load_config
+from flowrl.runs import comparable_rows
 from flowrl.trainer import Trainer
 
 from servers import REPO, ServerProcess
@@ -27,8 +28,7 @@ FAST_RETRY = ["reward.options.remote.retries=2", "reward.options.remote.backoff=
 
 def metrics(run_dir, rename=("reward.remote_mean", "reward.jpeg_compressibility_mean")):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{rename[1] if k == rename[0] else k: v for k, v in r.items() if not k.startswith("time_")}
-            for r in rows]
+    return [{rename[1] if k == rename[0] else k: v for k, v in r.items()} for r in comparable_rows(rows)]
 
 
 def remote_args(url, run_dir, *extra):
