@@ -419,8 +419,17 @@ def tiny_sd35():
     return c
 
 
+def tiny_sd3_full():
+    """`tiny_sd3` with FULL fine-tuning (model.finetune "full"): every transformer weight trains, the
+    KL reference is a frozen copy of the base, checkpoints export a diffusers `transformer/` folder
+    (SD3Transformer2DModel.from_pretrained). The lora_* options are unused."""
+    c = tiny_sd3()
+    c.model.finetune = "full"
+    return c
+
+
 EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity,
-               "tiny_sd3": tiny_sd3, "tiny_sd3_ocr": tiny_sd3_ocr,
+               "tiny_sd3": tiny_sd3, "tiny_sd3_ocr": tiny_sd3_ocr, "tiny_sd3_full": tiny_sd3_full,
                "pickscore": pickscore, "pickscore_fast": pickscore_fast, "pickscore_nocfg": pickscore_nocfg,
                "clipscore": clipscore, "aesthetic": aesthetic, "ocr": ocr, "jpeg": jpeg,
                "tiny_geneval": tiny_geneval, "tiny_sd3_remote": tiny_sd3_remote,
