@@ -85,6 +85,9 @@ class StepGuard:
         if not self.acc.sync_gradients:
             return None
         norm = self.acc.clip_grad_norm_(self.params, self.max_grad_norm)
+        if torch.is_tensor(norm):   # FSDP2 with every weight sharded: a DTensor (every rank is here)
+            from flowrl.fsdp import full
+            norm = full(norm)
         norm_t = torch.as_tensor(norm if norm is not None else 0.0, dtype=torch.float32,
                                  device=self._loss_bad.device)
         grad_bad = ~torch.isfinite(norm_t) if self.check_grad else torch.zeros_like(self._loss_bad)
