@@ -52,6 +52,9 @@ def test_full_trains_every_transformer_weight_and_nothing_else_reference_is_the_
     params = dict(policy.net.named_parameters())
     assert all(p.requires_grad and p.dtype == torch.float32 for p in params.values())
     assert not any(p.requires_grad for p in policy.base.parameters())
+    from flowrl.memory import model_memory_line   # the reference copy counts as (fp32 here) weights
+    assert f"weights {sum(p.numel() for p in policy.base.parameters()) * 4 / 2 ** 20:.2f}" in \
+        model_memory_line(policy, 2, False, False, False)
     x, s, cond = inputs(policy)
     v0 = policy.velocity(x, s, cond)
     before, frozen = {k: p.detach().clone() for k, p in params.items()}, frozen_parts(policy)
