@@ -32,11 +32,12 @@ def make_trainable(pipe, runtime, finetune: str, lora_rank: int, lora_alpha: flo
     """Make `pipe.transformer` trainable: a LoRA adapter (the same init on every rank: seeded by
     runtime.seed) or, for "full", every weight in fp32, its forward autocast to runtime.weight_dtype
     when that is not fp32. Returns the frozen reference copy for "full" (in the weight dtype, eval
-    mode), None for "lora". ValueError for another `finetune`."""
+    mode), None for "lora". ConfigError (a ValueError) for another `finetune`."""
     from flowrl.policies.lora import attach_lora
 
     if finetune not in FINETUNE:
-        raise ValueError(f"model.finetune={finetune!r} must be one of {list(FINETUNE)}")
+        from flowrl.config import ConfigError   # a ValueError the CLI shows as one line (exit 2)
+        raise ConfigError(f"model.finetune={finetune!r} must be one of {list(FINETUNE)}")
     if finetune == "full":
         net = pipe.transformer
         base = copy.deepcopy(net).requires_grad_(False).eval()
