@@ -20,7 +20,7 @@ from flowrl.trainer import Trainer
 
 
 def rows(run_dir):
-    return [{k: v for k, v in json.loads(l).items() if not k.startswith("time_")}
+    return [{k: v for k, v in json.loads(l).items() if not k.startswith(("time_", "cpu_"))}
             for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 

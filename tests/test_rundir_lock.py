@@ -19,7 +19,7 @@ HOLD = "import sys, time; from flowrl.rundir import RunLock; RunLock(sys.argv[1]
 
 
 def rows(run_dir):
-    return [{k: v for k, v in json.loads(l).items() if not k.startswith("time_")}
+    return [{k: v for k, v in json.loads(l).items() if not k.startswith(("time_", "cpu_"))}
             for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 

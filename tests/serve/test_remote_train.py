@@ -27,7 +27,7 @@ FAST_RETRY = ["reward.options.remote.retries=2", "reward.options.remote.backoff=
 
 def metrics(run_dir, rename=("reward.remote_mean", "reward.jpeg_compressibility_mean")):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{rename[1] if k == rename[0] else k: v for k, v in r.items() if not k.startswith("time_")}
+    return [{rename[1] if k == rename[0] else k: v for k, v in r.items() if not k.startswith(("time_", "cpu_"))}
             for r in rows]
 
 
