@@ -15,6 +15,10 @@ def get_config():
                                     # small shared CPU, 1 can be many times faster for tiny models
 
     # Base model: `name` picks the policy in flowrl.registry.POLICIES; the other keys are its options.
+    # The image policies (sd3, flux) take model.finetune = "lora" (default: a LoRA adapter, lora_* options)
+    # or "full" (every transformer weight trains; the KL reference is a frozen copy of the base
+    # transformer in the weight dtype; checkpoints hold the whole transformer; the export is a
+    # diffusers transformer/ folder; ~18 B per transformer parameter per process before FSDP sharding).
     c.model = ml_collections.ConfigDict({"name": "toy2d"})
 
     # Prompts: a file (.txt one per line, .jsonl with "prompt" and optional metadata) or "" for an

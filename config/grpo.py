@@ -60,7 +60,8 @@ def tiny_sd3():
     take ~15 s on 2 cores. The model is random: do not expect the reward to rise."""
     c = base.get_config()
     c.model = ml_collections.ConfigDict({
-        "name": "sd3", "path": "", "lora_rank": 8, "lora_alpha": 16, "lora_targets": list(SD3_LORA_TARGETS),
+        "name": "sd3", "finetune": "lora", "path": "", "lora_rank": 8, "lora_alpha": 16,
+        "lora_targets": list(SD3_LORA_TARGETS),
         "resolution": 64, "max_sequence_length": 32, "gradient_checkpointing": False})
     c.cpu_threads = 1                # tiny models: one thread is as fast, and far faster on a busy CPU
     c.prompts.dataset, c.prompts.test_dataset = "animals/train", "animals/test"
@@ -134,7 +135,7 @@ def pickscore():
     c = base.get_config()
     c.mixed_precision = "fp16"          # Flow-GRPO's default; fp16 gives a smaller log-prob error than bf16
     c.model = ml_collections.ConfigDict({
-        "name": "sd3", "path": "stabilityai/stable-diffusion-3.5-medium", "lora_rank": 32,
+        "name": "sd3", "finetune": "lora", "path": "stabilityai/stable-diffusion-3.5-medium", "lora_rank": 32,
         "lora_alpha": 64, "lora_targets": list(SD3_LORA_TARGETS), "resolution": 512,
         "max_sequence_length": 128, "gradient_checkpointing": False})
     c.prompts.dataset, c.prompts.test_dataset = "pickscore/train", "pickscore/test"
@@ -261,7 +262,7 @@ def tiny_geneval():
     scores a pipeline folder or a run's eval/<tag> folder, and draws before/after grids."""
     c = base.get_config()
     c.model = ml_collections.ConfigDict({
-        "name": "sd3", "path": "tiny-t2i", "lora_rank": 8, "lora_alpha": 16,
+        "name": "sd3", "finetune": "lora", "path": "tiny-t2i", "lora_rank": 8, "lora_alpha": 16,
         "lora_targets": SD3_LORA_TARGETS, "resolution": 32, "max_sequence_length": 16,
         "gradient_checkpointing": False})
     c.prompts.dataset, c.prompts.test_dataset = "scenes/train", "scenes/test"
@@ -387,7 +388,7 @@ def flux_pickscore():
     c = pickscore()
     c.mixed_precision = "bf16"
     c.model = ml_collections.ConfigDict({
-        "name": "flux", "path": "black-forest-labs/FLUX.1-dev", "lora_rank": 64, "lora_alpha": 128,
+        "name": "flux", "finetune": "lora", "path": "black-forest-labs/FLUX.1-dev", "lora_rank": 64, "lora_alpha": 128,
         "lora_targets": list(FLUX_LORA_TARGETS), "resolution": 512, "max_sequence_length": 512,
         "guidance": 3.5, "gradient_checkpointing": False, "offload_text_encoders": False})
     c.sample.num_steps = 6
@@ -410,7 +411,8 @@ def tiny_flux():
     compressibility. One process: 2 batches of 8 = 16 samples = 4 prompts x 4 per epoch."""
     c = tiny_sd3()
     c.model = ml_collections.ConfigDict({
-        "name": "flux", "path": "", "lora_rank": 8, "lora_alpha": 16, "lora_targets": list(FLUX_LORA_TARGETS),
+        "name": "flux", "finetune": "lora", "path": "", "lora_rank": 8, "lora_alpha": 16,
+        "lora_targets": list(FLUX_LORA_TARGETS),
         "resolution": 64, "max_sequence_length": 32, "guidance": 3.5, "gradient_checkpointing": False,
         "offload_text_encoders": True})
     c.sample.guidance_scale = 1.0
@@ -428,8 +430,17 @@ def tiny_sd35():
     return c
 
 
+def tiny_sd3_full():
+    """`tiny_sd3` with FULL fine-tuning (model.finetune "full"): every transformer weight trains, the
+    KL reference is a frozen copy of the base, checkpoints export a diffusers `transformer/` folder
+    (SD3Transformer2DModel.from_pretrained). The lora_* options are unused."""
+    c = tiny_sd3()
+    c.model.finetune = "full"
+    return c
+
+
 EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity,
-               "tiny_sd3": tiny_sd3, "tiny_sd3_ocr": tiny_sd3_ocr,
+               "tiny_sd3": tiny_sd3, "tiny_sd3_ocr": tiny_sd3_ocr, "tiny_sd3_full": tiny_sd3_full,
                "pickscore": pickscore, "pickscore_fast": pickscore_fast, "pickscore_nocfg": pickscore_nocfg,
                "clipscore": clipscore, "aesthetic": aesthetic, "ocr": ocr, "jpeg": jpeg,
                "tiny_geneval": tiny_geneval, "tiny_sd3_remote": tiny_sd3_remote,

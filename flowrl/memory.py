@@ -89,6 +89,10 @@ def model_memory_line(policy, train_batch: int, cfg_in_training: bool, checkpoin
     """The line the trainer prints before the first step, for a policy with `memory_tokens()`."""
     tokens, weight_bytes = policy.memory_tokens(), policy.dtype.itemsize
     batch = train_batch * (2 if cfg_in_training else 1)
-    parts = estimate_memory(transformer_shape(policy.net), batch, tokens, weight_bytes, checkpointing, ema)
+    shape = transformer_shape(policy.net)
+    if getattr(policy, "base", None) is not None:   # full fine-tuning: + the frozen reference copy
+        import dataclasses
+        shape = dataclasses.replace(shape, frozen_params=sum(p.numel() for p in policy.base.parameters()))
+    parts = estimate_memory(shape, batch, tokens, weight_bytes, checkpointing, ema)
     return (f"memory estimate (transformer, per process, train batch {batch} x {tokens} tokens"
             f"{', checkpointing' if checkpointing else ''}): {describe(parts)}")

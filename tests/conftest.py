@@ -30,3 +30,14 @@ def tiny_moons():
     """tiny_moons(*overrides) -> a locked grpo.py:moons config that trains an epoch in milliseconds."""
     from flowrl.config import load_config
     return lambda *extra: load_config("grpo.py:moons", TINY_MOONS + list(extra))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors gain nothing from intra-op threads (and on a busy 2-core machine OpenMP barriers
+    make 2 threads far slower than 1): `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,4 +1,4 @@
-"""Two processes under `accelerate launch` (CPU, gloo): DDP and DeepSpeed ZeRO-2.
+"""Two processes under `accelerate launch` (CPU, gloo): DDP, DeepSpeed ZeRO-2 and FSDP2 (LoRA, full).
 
 Each rank scores only its own samples, the advantages equal a single-process computation on the
 gathered rewards, the weights stay identical across ranks, and a resumed run matches an unbroken one.
@@ -28,12 +28,12 @@ TINY_SD3 = ["sample.batch_size=4", "sample.num_batches_per_epoch=2", "sample.gro
             "eval.every=0", "checkpoint.every=0"]
 
 
-def launch(run_dir: Path, dump: Path, epochs: int, config_file: str, resume: bool = False,
+def launch(run_dir: Path, dump: Path, epochs: int, config_file: str, resume=False,
            config: str = "grpo.py:moons", overrides=SMALL):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(REPO / "accelerate_configs" / config_file), "--num_processes", "2",
            "-m", "flowrl", "train", "--config", config, "--output-dir", str(run_dir)]
-    cmd += ["--resume"] if resume else []
+    cmd += (["--resume-from", resume] if isinstance(resume, str) else ["--resume"]) if resume else []
     for o in list(overrides) + [f"num_epochs={epochs}"]:
         cmd += ["--set", o]
     env = {**os.environ, "FLOWRL_DUMP_DIR": str(dump), "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": EXT_DIR}
@@ -106,6 +106,38 @@ def test_fsdp2_tiny_sd3_lora_shards_checkpoints_and_resumes_exactly(tmp_path):
            overrides=over)
     resumed = tmp_path / "part" / "checkpoints" / "step_2"
     for name in ("trainable.safetensors", "ema.safetensors"):
+        a, b = load_file(ckpt / name), load_file(resumed / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    train_only = lambda r: {k: v for k, v in r.items() if not k.startswith("eval_")}   # noqa: E731
+    assert train_only(metrics(tmp_path / "part")[-1]) == train_only(metrics(tmp_path / "full")[-1])
+
+
+def test_fsdp2_tiny_sd3_full_finetuning_resumes_exactly_and_exports_a_transformer_folder(tmp_path):
+    """model.finetune="full" under FSDP2 (2 CPU processes): every transformer weight sharded and
+    trained, the same gathered weights on both ranks, one optimizer shard per rank; resuming the run's
+    step_1 (in a copy of its folder) rewrites step_2 bit for bit; the exported transformer/ folder (the
+    EMA weights, gathered) loads with SD3Transformer2DModel.from_pretrained."""
+    import shutil
+
+    from diffusers import SD3Transformer2DModel
+    over = TINY_SD3 + ["checkpoint.every=1", "checkpoint.keep_last=0", "train.ema=True", "train.ema_every=1",
+                       "model.resolution=32", "model.max_sequence_length=16", "sample.num_steps=3"]
+    out = launch(tmp_path / "full", tmp_path / "dump", 2, "fsdp_cpu.yaml", config="grpo.py:tiny_sd3_full",
+                 overrides=over)
+    assert "FSDP x 2" in out.stdout
+    check_ranks(tmp_path / "full", tmp_path / "dump", 2, per_rank=8)
+    ckpt = tmp_path / "full" / "checkpoints" / "step_2"
+    assert all((ckpt / f"optimizer.rank{r}.safetensors").exists() for r in range(2))
+    assert not (ckpt / "pytorch_lora_weights.safetensors").exists()
+    net = SD3Transformer2DModel.from_pretrained(str(ckpt / "transformer"))
+    params, ema = list(net.named_parameters()), load_file(ckpt / "ema.safetensors")
+    assert len(params) == len(ema) and all(torch.equal(p, ema[str(i)]) for i, (_, p) in enumerate(params))
+    assert set(load_file(ckpt / "trainable.safetensors")) == {k for k, _ in params}
+    shutil.copytree(tmp_path / "full", tmp_path / "part")
+    launch(tmp_path / "part", tmp_path / "dump2", 2, "fsdp_cpu.yaml", resume="step_1",
+           config="grpo.py:tiny_sd3_full", overrides=over)
+    resumed = tmp_path / "part" / "checkpoints" / "step_2"
+    for name in ("trainable.safetensors", "ema.safetensors", "transformer/diffusion_pytorch_model.safetensors"):
         a, b = load_file(ckpt / name), load_file(resumed / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     train_only = lambda r: {k: v for k, v in r.items() if not k.startswith("eval_")}   # noqa: E731

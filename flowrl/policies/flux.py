@@ -1,4 +1,4 @@
-"""FLUX.1 (diffusers FluxPipeline) as a flowrl policy: FluxTransformer2DModel with a LoRA adapter.
+"""FLUX.1 (diffusers FluxPipeline) as a flowrl policy: FluxTransformer2DModel, LoRA or fully fine-tuned.
 
 Convention check (flowrl.sampling.sde): FluxPipeline's scheduler uses sigma in [0, 1] with
 x_sigma = (1 - sigma) x0 + sigma eps and steps x' = x + (sigma' - sigma) v, and the transformer gets
@@ -16,6 +16,11 @@ class inherits):
   * text: CLIP-L's pooled output (B, 768) + T5-XXL's sequence (B, L, 4096), L = max_sequence_length.
   * sigmas: linspace(1, 1/S, S) shifted by the resolution-dependent mu (FLUX's dynamic shift).
 
+model.finetune = "full" as for SD3 (flowrl.policies.full): every transformer weight trains, the
+reference is a frozen copy in the weight dtype (FLUX.1's 12 B parameters: +24 GB in bf16 per process,
+not sharded), ~18 B/parameter in all with AdamW (~216 GB: FSDP over several GPUs); `export` writes
+`transformer/` for FluxTransformer2DModel.from_pretrained.
+
 Heavy imports (diffusers, transformers, peft) happen inside functions: importing this module is cheap.
 """
 from __future__ import annotations
@@ -25,8 +30,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from flowrl.policies.lora import attach_lora, export_diffusers_lora
-from flowrl.policies.sd3 import SD3Policy, _is_current, _quiet_loading, STAMP_FILE
+from flowrl.policies.full import make_trainable
+from flowrl.policies.sd3 import SD3Policy, _is_current, _quiet_loading, STAMP_FILE, finish_policy
 from flowrl.protocols import Runtime
 from flowrl.registry import POLICIES
 
@@ -125,10 +130,11 @@ class FluxPolicy(SD3Policy):
         """Tokens per sample in the transformer: packed 2x2 image patches + T5 tokens."""
         return self.sample_shape[1] * self.sample_shape[2] // 4 + self.max_sequence_length
 
-    def export(self, directory: Path) -> None:
-        """`directory`/pytorch_lora_weights.safetensors for `FluxPipeline.load_lora_weights`."""
+    def export(self, directory: Path, pipeline_cls=None) -> None:
+        """`directory`/pytorch_lora_weights.safetensors for `FluxPipeline.load_lora_weights`, or
+        (full fine-tuning) `directory`/transformer/ for FluxTransformer2DModel.from_pretrained."""
         from diffusers import FluxPipeline
-        export_diffusers_lora(self.net, Path(directory), pipeline_cls=FluxPipeline)
+        super().export(directory, pipeline_cls=pipeline_cls or FluxPipeline)
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -176,7 +182,7 @@ def load_flux_pipeline(path: str, cache_root: Path, dtype: torch.dtype):
 def flux(runtime: Runtime, path: str = "", lora_rank: int = 64, lora_alpha: float = 128,
          lora_targets: Sequence[str] = FLUX_TARGETS, resolution: int = 512, max_sequence_length: int = 512,
          gradient_checkpointing: bool = False, guidance: float = 3.5, prompt_cache_size: int = 1024,
-         lora_init: str = "gaussian", offload_text_encoders: bool = False) -> FluxPolicy:
+         lora_init: str = "gaussian", offload_text_encoders: bool = False, finetune: str = "lora") -> FluxPolicy:
     """Options (config.model):
     path: local diffusers FLUX.1 folder, or a hub id in the local HF cache (local_files_only);
           "" = the tiny random FLUX in the flowrl cache (built on first use, `flowrl init tiny-flux`).
@@ -184,15 +190,10 @@ def flux(runtime: Runtime, path: str = "", lora_rank: int = 64, lora_alpha: floa
           and MLPs of the double-stream blocks; "attn.to_q/k/v" also match the single-stream blocks).
     resolution: image side in pixels (a multiple of 16). max_sequence_length: T5 tokens (<= 512).
     guidance: the distilled guidance fed to the transformer (FLUX.1-dev: 3.5).
-    gradient_checkpointing, prompt_cache_size, offload_text_encoders: as for `sd3`."""
+    gradient_checkpointing, prompt_cache_size, offload_text_encoders: as for `sd3`.
+    finetune: "lora" (default) or "full" (every transformer weight, see the module docstring)."""
     pipe = load_flux_pipeline(path, runtime.cache_dir, runtime.weight_dtype)
-    with torch.random.fork_rng(devices=[]):   # the same LoRA init on every rank
-        torch.manual_seed(runtime.seed)
-        attach_lora(pipe.transformer, lora_rank, lora_alpha, tuple(lora_targets), lora_init)
-    if gradient_checkpointing:
-        pipe.transformer.enable_gradient_checkpointing()
-    pipe.to(runtime.device)
-    policy = FluxPolicy(pipe, runtime.device, runtime.weight_dtype, resolution, max_sequence_length,
-                        guidance, prompt_cache_size)
-    policy.offload_text_encoders = bool(offload_text_encoders)
-    return policy
+    base = make_trainable(pipe, runtime, finetune, lora_rank, lora_alpha, lora_targets, lora_init)
+    return finish_policy(FluxPolicy(pipe, runtime.device, runtime.weight_dtype, resolution, max_sequence_length,
+                                    guidance, prompt_cache_size), base, runtime, gradient_checkpointing,
+                         offload_text_encoders)

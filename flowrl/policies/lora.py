@@ -72,8 +72,8 @@ def load_lora_state_dict(model: nn.Module, state: Dict[str, torch.Tensor]) -> No
     params = lora_parameters(model)
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:
-        raise KeyError(f"LoRA state does not fit this model (different lora_rank / lora_targets / base "
-                       f"model?): missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
+        raise KeyError(f"trainable state does not fit this model (different model.finetune / lora_rank / "
+                       f"lora_targets / base model?): missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
                        f"{unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
     for k, p in params.items():
         if state[k].shape != p.shape:

@@ -1,4 +1,4 @@
-"""Stable Diffusion 3 / 3.5 (diffusers) as a flowrl policy: the MM-DiT transformer with a LoRA adapter.
+"""Stable Diffusion 3 / 3.5 (diffusers) as a flowrl policy: the MM-DiT transformer, LoRA or fully fine-tuned.
 
 Convention check (flowrl.sampling.sde): diffusers' FlowMatchEulerDiscreteScheduler uses sigma in [0, 1]
 with x_sigma = (1 - sigma) * x0 + sigma * eps, feeds the transformer timestep = sigma * 1000
@@ -12,6 +12,12 @@ policy (KL) is the same transformer with the adapter disabled. Frozen weights us
 (mixed precision), LoRA weights fp32, the VAE fp32 (as Flow-GRPO). Text embeddings are cached per
 prompt (LRU); the empty-prompt (negative) embeddings are computed once for classifier-free guidance.
 
+model.finetune = "full" (flowrl.policies.full): every transformer weight trains (fp32), text encoders
+and VAE frozen; the reference is a frozen copy of the base transformer in the weight dtype (+2 B per
+transformer parameter, not sharded by FSDP; ~18 B/parameter in all with AdamW, against ~2 B for
+LoRA); the trainable state is the whole transformer and `export` writes a diffusers `transformer/`
+folder (SD3Transformer2DModel.from_pretrained) instead of pytorch_lora_weights.safetensors.
+
 Heavy imports (diffusers, transformers, peft) happen inside functions: importing this module is cheap.
 """
 from __future__ import annotations
@@ -24,8 +30,9 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from flowrl.policies.lora import (SD3_TARGETS, adapter_disabled, attach_lora, export_diffusers_lora,
-                                  load_lora_state_dict, lora_state_dict)
+from flowrl.policies.full import export_transformer, make_trainable
+from flowrl.policies.lora import (SD3_TARGETS, adapter_disabled, export_diffusers_lora, load_lora_state_dict,
+                                  lora_state_dict)
 from flowrl.protocols import Runtime
 from flowrl.registry import POLICIES
 
@@ -205,6 +212,7 @@ class SD3Policy:
         return self._negative
 
     offload_text_encoders = False   # set by the factory (model.offload_text_encoders)
+    base = None   # the factory sets it for model.finetune="full": the frozen copy of the base transformer
 
     def cache_prompts(self, prompts: Sequence[str]) -> None:
         """With `offload_text_encoders`: encode every prompt of the prompt sets (and the empty prompt)
@@ -261,9 +269,17 @@ class SD3Policy:
 
     @contextmanager
     def reference(self):
-        """velocity() of the frozen base model: the same transformer with the LoRA adapter disabled."""
-        with adapter_disabled(self.net):
+        """velocity() of the frozen base model: the same transformer with the LoRA adapter disabled,
+        or (full fine-tuning) the frozen copy of the base transformer in place of the trained one."""
+        if self.base is None:
+            with adapter_disabled(self.net):
+                yield self
+            return
+        trained, self.model = self.model, self.base
+        try:
             yield self
+        finally:
+            self.model = trained
 
     # ---------------------------------------------------------------- images
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -276,23 +292,28 @@ class SD3Policy:
 
     # ---------------------------------------------------------------- weights
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
-        """The LoRA weights only (fp32 copies), keyed like transformer.named_parameters()."""
+        """The LoRA weights only, or every transformer weight (full): fp32 copies of the parameters
+        with requires_grad, keyed like transformer.named_parameters()."""
         return lora_state_dict(self.net)
 
     def load_trainable_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         load_lora_state_dict(self.net, state)
 
-    def export(self, directory: Path) -> None:
+    def export(self, directory: Path, pipeline_cls=None) -> None:
         """Write the LoRA as `directory`/pytorch_lora_weights.safetensors (diffusers format):
-        `StableDiffusion3Pipeline.from_pretrained(base).load_lora_weights(directory)` loads it."""
-        export_diffusers_lora(self.net, Path(directory))
+        `StableDiffusion3Pipeline.from_pretrained(base).load_lora_weights(directory)` loads it. Full
+        fine-tuning: `directory`/transformer/, for SD3Transformer2DModel.from_pretrained."""
+        if self.base is not None:
+            export_transformer(self.net, self.base, Path(directory))
+        else:
+            export_diffusers_lora(self.net, Path(directory), pipeline_cls=pipeline_cls)
 
 
 @POLICIES.register("sd3")
 def sd3(runtime: Runtime, path: str = "", lora_rank: int = 32, lora_alpha: float = 64,
         lora_targets: Sequence[str] = SD3_TARGETS, resolution: int = 512, max_sequence_length: int = 128,
         gradient_checkpointing: bool = False, guidance: float = 1.0, prompt_cache_size: int = 1024,
-        lora_init: str = "gaussian", offload_text_encoders: bool = False) -> SD3Policy:
+        lora_init: str = "gaussian", offload_text_encoders: bool = False, finetune: str = "lora") -> SD3Policy:
     """Options (config.model):
     path: local diffusers SD3/SD3.5 folder, or a hub id in the local HF cache (local_files_only);
           "" = the tiny random pipeline in the flowrl cache (built on first use).
@@ -302,16 +323,23 @@ def sd3(runtime: Runtime, path: str = "", lora_rank: int = 32, lora_alpha: float
     gradient_checkpointing: recompute transformer blocks in backward (less memory, ~30% slower).
     guidance: CFG scale used when velocity() is called without one (the trainer always passes one).
     prompt_cache_size: distinct prompts whose text embeddings are kept (0 = all).
-    offload_text_encoders: free the text encoders once the prompt sets are encoded (cache_prompts)."""
+    offload_text_encoders: free the text encoders once the prompt sets are encoded (cache_prompts).
+    finetune: "lora" (default) or "full" (every transformer weight; lora_* are then unused; see the
+          module docstring for the memory it costs)."""
     folder = resolve_pipeline_path(path, runtime.cache_dir)
     pipe = load_pipeline(folder, runtime.weight_dtype)
-    with torch.random.fork_rng(devices=[]):   # the same LoRA init on every rank, whatever the seed state
-        torch.manual_seed(runtime.seed)
-        attach_lora(pipe.transformer, lora_rank, lora_alpha, tuple(lora_targets), lora_init)
+    base = make_trainable(pipe, runtime, finetune, lora_rank, lora_alpha, lora_targets, lora_init)
+    return finish_policy(SD3Policy(pipe, runtime.device, runtime.weight_dtype, resolution, max_sequence_length,
+                                   guidance, prompt_cache_size), base, runtime, gradient_checkpointing,
+                         offload_text_encoders)
+
+
+def finish_policy(policy: SD3Policy, base, runtime: Runtime, gradient_checkpointing: bool,
+                  offload_text_encoders: bool) -> SD3Policy:
+    """The factories' common tail: checkpointing, everything (and the reference copy) on the device."""
     if gradient_checkpointing:
-        pipe.transformer.enable_gradient_checkpointing()
-    pipe.to(runtime.device)
-    policy = SD3Policy(pipe, runtime.device, runtime.weight_dtype, resolution, max_sequence_length,
-                       guidance, prompt_cache_size)
+        policy.net.enable_gradient_checkpointing()
+    policy.pipe.to(runtime.device)
+    policy.base = base.to(runtime.device) if base is not None else None
     policy.offload_text_encoders = bool(offload_text_encoders)
     return policy

@@ -322,8 +322,8 @@ def test_cli_init_tiny_sd3_writes_a_folder_and_refuses_a_full_one(tmp_path, monk
     assert again.exit_code == 2 and "not an empty folder" in again.output
 
 
-@pytest.mark.parametrize("name", ["tiny_sd3", "tiny_sd3_ocr", "pickscore", "pickscore_fast", "pickscore_nocfg",
-                                  "clipscore", "aesthetic", "ocr", "jpeg"])
+@pytest.mark.parametrize("name", ["tiny_sd3", "tiny_sd3_ocr", "tiny_sd3_full", "pickscore", "pickscore_fast",
+                                  "pickscore_nocfg", "clipscore", "aesthetic", "ocr", "jpeg"])
 def test_sd3_configs_fit_the_factories_and_1_to_32_gpus(name):
     import inspect
 
