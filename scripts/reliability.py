@@ -84,8 +84,8 @@ def kill_group(p: subprocess.Popen) -> str:
 
 # ------------------------------------------------------------------------------ run dir checks
 def metrics(run_dir: Path) -> List[Dict]:
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
-    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+    from flowrl.runs import comparable_rows   # timings (wall, CPU) left out
+    return comparable_rows([json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()])
 
 
 def checkpoint_problems(run_dir: Path) -> List[str]:
