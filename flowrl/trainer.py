@@ -32,9 +32,8 @@ from flowrl.sampling.schedule import step_masks
 
 
 def options(section) -> dict:
-    d = section.to_dict()
-    d.pop("name", None)
-    return d
+    """A config section as the keyword options of its registry entry (everything but `name`)."""
+    return {k: v for k, v in section.to_dict().items() if k != "name"}
 
 
 class Trainer:
