@@ -156,25 +156,30 @@ def visualize_checkpoints(run_dir: Path = typer.Argument(..., help="a run dir wr
         typer.echo(str(path))
 
 
+def _new_folder(directory: Path) -> None:
+    """`flowrl init` writes only into an absent or empty folder."""
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        _fail(f"{directory} already exists and is not an empty folder; give a new folder")
+
+
 @init_app.command("tiny-sd3")
 @user_errors()
 def init_tiny_sd3(directory: Path = typer.Argument(..., help="folder to create (absent or empty)"),
                   seed: int = typer.Option(0, help="seed of the random weights")):
     """Write a tiny RANDOM StableDiffusion3Pipeline folder (~1 MB) for tests and smoke runs; use it with
     `--set model.path=DIR` (model.path "" builds one in the flowrl cache by itself)."""
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        _fail(f"{directory} already exists and is not an empty folder; give a new folder")
+    _new_folder(directory)
     from flowrl.policies.sd3 import ensure_tiny_sd3
     typer.echo(str(ensure_tiny_sd3(directory, seed=seed)))
 
 
 @init_app.command("tiny-flux")
+@user_errors()
 def init_tiny_flux(directory: Path = typer.Argument(..., help="folder to create (absent or empty)"),
                    seed: int = typer.Option(0, help="seed of the random weights")):
     """Write a tiny RANDOM FluxPipeline folder (~1 MB) for tests and smoke runs; use it with
     `--set model.path=DIR` (model.path "" builds one in the flowrl cache by itself)."""
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        _fail(f"{directory} already exists and is not an empty folder; give a new folder")
+    _new_folder(directory)
     from flowrl.policies.flux import ensure_tiny_flux
     typer.echo(str(ensure_tiny_flux(directory, seed=seed)))
 
@@ -191,8 +196,8 @@ def init_tiny_t2i(directory: Optional[Path] = typer.Argument(None, help="also co
     calls reuse it. `--config grpo.py:tiny_geneval` fine-tunes it with the scene_geneval reward."""
     import shutil
 
-    if directory is not None and directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        _fail(f"{directory} already exists and is not an empty folder; give a new folder")
+    if directory is not None:
+        _new_folder(directory)
     from dataclasses import replace
 
     from flowrl.scenes.t2i_parts import T2IConfig

@@ -13,12 +13,7 @@ TINY = ["num_epochs=1", "model.resolution=32", "model.max_sequence_length=16", "
         "logging.progress=False", "eval.diversity=False"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name,pipeline", [("tiny_flux", "FluxPipeline"),

@@ -12,14 +12,7 @@ SHORT = ["num_epochs=12", "eval.every=0", "checkpoint.every=0", "eval.num_sample
          "eval.batch_size=100", "logging.progress=False"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and a busy 2-core machine makes 2 threads far
-    slower than 1; restored afterwards for the other test modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("spec", ["grpo.py:digits", "ddpo.py:digits", "orw.py:digits"])

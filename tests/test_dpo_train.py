@@ -12,12 +12,7 @@ FAST = ["model.base_iters=300", "sample.batch_size=64", "sample.num_batches_per_
         "eval.every=0", "checkpoint.every=0", "logging.progress=False"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(spec, tmp_path, *extra):

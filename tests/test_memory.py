@@ -8,12 +8,7 @@ from flowrl.memory import TransformerShape, describe, estimate_memory, measure_s
 from flowrl.protocols import Runtime
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_estimate_by_hand():

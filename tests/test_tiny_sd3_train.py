@@ -16,14 +16,7 @@ TINY = ["num_epochs=2", "model.resolution=32", "model.max_sequence_length=16", "
         "logging.progress=False"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP barriers make
-    2 threads ~40x slower than 1; restored afterwards for the other test modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tiny_sd3_trains_only_the_lora_checkpoints_in_diffusers_format_and_resumes(tmp_path):

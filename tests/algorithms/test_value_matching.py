@@ -18,12 +18,7 @@ P_BASE = 0.5 * (0.5 * (1 + math.erf(1 / math.sqrt(2))) - 0.5)   # N(3, 0.4^2) ad
 P_TILT = math.e * P_BASE / (math.e * P_BASE + 1 - P_BASE)           # 0.359 at lambda = 1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_reference_numbers():

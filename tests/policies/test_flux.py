@@ -16,12 +16,7 @@ RES, SEQ = 32, 16                     # 32 px -> 4x4 latents -> 2x2 packed token
 PROMPTS = ["a photo of a red cat", "a dog on the grass"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,7 @@ from flowrl.sampling.rollout import ode_sample
 TINY = dict(hidden=32, depth=1, emb=16, base_iters=20, base_batch=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,7 @@ RES, SEQ = 32, 16                     # 32 px -> 4x4 latents -> 2x2 patches: mil
 PROMPTS = ["a photo of a red cat", "a dog on the grass", "a photo of a red cat"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP barriers make
-    2 threads ~40x slower than 1; restored afterwards for the other test modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,7 @@ TINY = ["num_epochs=3", "checkpoint.every=1", "eval.every=0", "model.resolution=
         "eval.batch_size=4", "logging.progress=False", "cpu_threads=1", "eval.diversity=False"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_prompt_embeddings_do_not_depend_on_the_batch_or_the_cache():

@@ -9,12 +9,7 @@ from flowrl.rewards import build_reward
 from flowrl.rewards.digits import digit_classifier, digit_confidence  # registers the rewards
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
