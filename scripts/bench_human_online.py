@@ -19,7 +19,7 @@ from flowrl.trainer import Trainer
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="dpo.py:human_online_tiny_geneval")
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--run-dir", type=Path, default=Path("runs") / f"human_online-{time.strftime('%Y%m%d-%H%M%S')}")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     args = ap.parse_args()

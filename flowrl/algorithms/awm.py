@@ -75,6 +75,7 @@ class AWM(AlgorithmBase):
     uses the training CFG scale (train.cfg: sample.guidance_scale, else 1)."""
 
     sampling = "ode"     # the forward process of the final samples: any sampler will do
+    schedule_steps: Optional[int] = None   # sigmas from this many-step schedule (None: the batch's)
 
     def __init__(self, adv_clip_max: float = 5.0, advantage_max: float = 1.0, std_per_group: bool = False,
                  weighting: str = "ghuber", ghuber_power: float = 0.25, kl_beta: float = 0.0,
@@ -104,7 +105,7 @@ class AWM(AlgorithmBase):
                                      clip=self.adv_clip_max)
         a = awm_advantages(adv, self.adv_clip_max, self.advantage_max)
         x0 = batch["latents"][:, -1]
-        steps = batch["latents"].shape[1] - 1
+        steps = self.schedule_steps or batch["latents"].shape[1] - 1
         g = torch.Generator().manual_seed(mix_seed(self.seed, int(gathered["group_ids"].min()),
                                                    rank_slice.start, 29))
         batch["awm_sigma"], batch["awm_noise"] = forward_draws(x0, self._k or steps,

@@ -21,6 +21,7 @@ from typing import Dict, List
 
 import torch
 
+from flowrl.algorithms.awm import AWM
 from flowrl.algorithms.dpo import DiffusionDPO
 from flowrl.algorithms.preferences import PreferencePair, epoch_pairs, file_batch
 from flowrl.config import ConfigError
@@ -44,33 +45,24 @@ def to_pairs(rows: List[dict], folder: Path) -> List[PreferencePair]:
     return out
 
 
-@ALGORITHMS.register("diffusion_dpo_human")
-class HumanOnlineDPO(DiffusionDPO):
-    """Diffusion-DPO on labels people give while it trains. Options (config.algorithm) besides
-    diffusion_dpo's beta / guidance / num_sigmas: prompts (prompt set the pairs are sampled for),
-    pairs_per_epoch (0: sample.batch_size x num_batches_per_epoch / 2 x processes), min_labels (a/b
-    labels to wait for; 0: pairs_per_epoch), timeout_s (longest wait per epoch), poll_s, port (serve
-    the page from the trainer on 127.0.0.1:port; 0: run `flowrl annotate serve RUN_DIR/human`),
-    overlap (fraction of pairs for two annotators), num_steps / sample_guidance (ODE sampling of the
-    pairs), online_dir ("" = RUN_DIR/human), seed, replay (train on every a/b label so far, not
-    only this epoch's: more data per step, the labels of earlier policies included)."""
+class OnlineLabels:
+    """The labelling round of an online algorithm (one per run): publish this epoch's pairs, serve the
+    page, wait for labels, freeze them, hand the trainer the labelled pairs as a Batch (rows 2p =
+    winner with reward 1, 2p+1 = loser with reward 0, group = the pair). Options as documented on
+    HumanOnlineDPO; the loss is the algorithm's."""
 
-    name = "diffusion_dpo_human"
-
-    def __init__(self, beta: float = 100.0, guidance: float = 1.0, num_sigmas: int = 1, prompts: str = "",
-                 pairs_per_epoch: int = 0, min_labels: int = 0, timeout_s: float = 600.0, poll_s: float = 0.5,
-                 port: int = 8765, overlap: float = 0.0, num_steps: int = 20, sample_guidance: float = 1.0,
-                 online_dir: str = "", seed: int = 0, tie_margin: float = 0.0, replay: bool = False):
-        super().__init__(beta=beta, guidance=guidance, tie_margin=tie_margin, num_sigmas=num_sigmas)
+    def __init__(self, prompts: str = "", pairs_per_epoch: int = 0, min_labels: int = 0,
+                 timeout_s: float = 600.0, poll_s: float = 0.5, port: int = 8765, overlap: float = 0.0,
+                 num_steps: int = 20, sample_guidance: float = 1.0, online_dir: str = "", seed: int = 0,
+                 replay: bool = False, name: str = "diffusion_dpo_human"):
         if pairs_per_epoch < 0 or min_labels < 0 or timeout_s < 0 or poll_s <= 0 or num_steps < 1:
-            raise ConfigError(f"algorithm {self.name}: need pairs_per_epoch, min_labels, timeout_s >= 0, "
+            raise ConfigError(f"algorithm {name}: need pairs_per_epoch, min_labels, timeout_s >= 0, "
                               f"poll_s > 0, num_steps >= 1")
         self.prompt_spec, self.pairs_per_epoch, self.min_labels = prompts, pairs_per_epoch, min_labels
         self.timeout_s, self.poll_s, self.port, self.overlap = timeout_s, poll_s, port, overlap
         self.num_steps, self.sample_guidance, self.seed = num_steps, sample_guidance, seed
         self.replay = replay
         self.online_dir = Path(online_dir) if online_dir else None
-        self.pairs = "online"                  # not rollout pairs: prepare() skips the same-noise check
         self.server = None
         self.last: Dict[str, float] = {}
 
@@ -100,10 +92,6 @@ class HumanOnlineDPO(DiffusionDPO):
             return self._empty_batch(policy, per_rank, first)
         index = epoch_pairs(len(rows), per_rank, epoch, rank, world_size, seed=self.seed)
         return file_batch(policy, to_pairs(rows, folder), index, first)
-
-    def prepare(self, policy, batch, gathered, rank_slice):
-        out = super().prepare(policy, batch, gathered, rank_slice)
-        return {**out, **self.last}
 
     def _publish(self, policy, folder: Path, epoch: int, n: int) -> List[str]:
         """This epoch's pair ids; samples and writes them unless an earlier try of the epoch did."""
@@ -164,3 +152,67 @@ class HumanOnlineDPO(DiffusionDPO):
                       "group_ids": (first + torch.arange(per_rank)).repeat_interleave(2),
                       **{f"cond.{k}": v for k, v in cond.items()}},
                      {"prompts": [""] * (2 * per_rank), "metadata": [{}] * (2 * per_rank)})
+
+
+ONLINE_OPTIONS = ("prompts", "pairs_per_epoch", "min_labels", "timeout_s", "poll_s", "port", "overlap",
+                  "num_steps", "sample_guidance", "online_dir", "seed", "replay")
+
+
+def _split(name: str, options: dict):
+    """algorithm options -> (OnlineLabels for the labelling ones, the loss's own options)."""
+    online = {k: options.pop(k) for k in ONLINE_OPTIONS if k in options}
+    return OnlineLabels(name=name, **online), options
+
+
+@ALGORITHMS.register("diffusion_dpo_human")
+class HumanOnlineDPO(DiffusionDPO):
+    """Diffusion-DPO on labels people give while it trains. Options (config.algorithm) besides
+    diffusion_dpo's beta / guidance / num_sigmas / tie_margin: prompts (prompt set the pairs are
+    sampled for), pairs_per_epoch (0: sample.batch_size x num_batches_per_epoch / 2 x processes),
+    min_labels (a/b labels to wait for; 0: pairs_per_epoch), timeout_s (longest wait per epoch),
+    poll_s, port (serve the page from the trainer on 127.0.0.1:port; 0: run `flowrl annotate serve
+    RUN_DIR/human`), overlap (fraction of pairs for two annotators), num_steps / sample_guidance (ODE
+    sampling of the pairs), online_dir ("" = RUN_DIR/human), seed, replay (train on every a/b label
+    so far, not only this epoch's: more data per step, the labels of earlier policies included)."""
+
+    name = "diffusion_dpo_human"
+
+    def __init__(self, **options):
+        self.online, own = _split(self.name, dict(options))
+        super().__init__(**own)
+        self.pairs = "online"                  # not rollout pairs: prepare() skips the same-noise check
+
+    def bind_run_dir(self, run_dir: Path) -> None:
+        self.online.bind_run_dir(run_dir)
+
+    def collect(self, policy, epoch: int, rank: int, world_size: int, num_samples: int):
+        return self.online.collect(policy, epoch, rank, world_size, num_samples)
+
+    def prepare(self, policy, batch, gathered, rank_slice):
+        return {**super().prepare(policy, batch, gathered, rank_slice), **self.online.last}
+
+
+@ALGORITHMS.register("awm_human")
+class HumanOnlineAWM(AWM):
+    """Advantage Weighted Matching on labels people give while it trains: each labelled pair is a
+    group of two, the chosen image advantage +advantage_max, the other -advantage_max (AWM's group
+    advantage of rewards 1 / 0), so the loss pulls the policy's flow-matching fit towards what people
+    chose and away from what they rejected. Options: the labelling ones of diffusion_dpo_human
+    (prompts, pairs_per_epoch, min_labels, timeout_s, ... replay) and awm's (weighting, kl_beta,
+    timesteps_per_sample, ...); the sigmas are drawn from the pairs' num_steps-step schedule."""
+
+    name = "awm_human"
+
+    def __init__(self, **options):
+        self.online, own = _split(self.name, dict(options))
+        super().__init__(**own)
+        self.schedule_steps = self.online.num_steps
+
+    def bind_run_dir(self, run_dir: Path) -> None:
+        self.online.bind_run_dir(run_dir)
+
+    def collect(self, policy, epoch: int, rank: int, world_size: int, num_samples: int):
+        return self.online.collect(policy, epoch, rank, world_size, num_samples)
+
+    def prepare(self, policy, batch, gathered, rank_slice):
+        return {**super().prepare(policy, batch, gathered, rank_slice), **self.online.last}

@@ -85,4 +85,4 @@ def test_a_busy_port_fails_naming_the_option(tmp_path):
         s.listen()
         algo = HumanOnlineDPO(port=s.getsockname()[1])
         with pytest.raises(ConfigError, match="algorithm.port"):
-            algo._serve(tmp_path)
+            algo.online._serve(tmp_path)
