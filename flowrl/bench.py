@@ -142,9 +142,11 @@ PHASES = ("encode", "sample", "decode", "reward", "train")
 
 def phase_split(rows: List[dict]) -> Dict[str, float]:
     """Mean seconds per epoch of each phase (time_<phase>; "train" = time_train, the rest from the
-    trainer's timers, 0 where a method has no such phase) and "epoch" = time_collect + time_train,
-    over the epochs after the first (warm-up). -> {phase: seconds}."""
+    trainer's timers, 0 where a method has no such phase), "epoch" = time_collect + time_train and
+    "cpu_epoch" = cpu_collect + cpu_train (the process's CPU seconds, 0 if not logged), over the
+    epochs after the first (warm-up). -> {phase: seconds}."""
     ep = [r for r in rows if r.get("epoch", 0) > 1] or [r for r in rows if r.get("epoch", 0) > 0]
     out = {p: float(np.mean([r.get(f"time_{p}", 0.0) for r in ep])) for p in PHASES}
     out["epoch"] = float(np.mean([r["time_collect"] + r["time_train"] for r in ep]))
+    out["cpu_epoch"] = float(np.mean([r.get("cpu_collect", 0.0) + r.get("cpu_train", 0.0) for r in ep]))
     return out

@@ -168,10 +168,11 @@ def table(summary, target: float, unit: str = "s") -> str:
 def split_table(summary) -> str:
     """Mean seconds per epoch of each phase (over seeds; first epoch dropped), per config."""
     from flowrl.bench import PHASES
-    lines = ["| config | s/epoch | " + " | ".join(PHASES) + " |", "| --- " * (len(PHASES) + 2) + "|"]
+    lines = ["| config | CPU s/epoch | s/epoch | " + " | ".join(PHASES) + " |",
+             "| --- " * (len(PHASES) + 3) + "|"]
     for spec, s in summary.items():
-        m = {k: statistics.mean(r["split"][k] for r in s["runs"]) for k in (*PHASES, "epoch")}
-        lines.append(f"| `{spec}` | {m['epoch']:.1f} | " + " | ".join(
+        m = {k: statistics.mean(r["split"][k] for r in s["runs"]) for k in (*PHASES, "epoch", "cpu_epoch")}
+        lines.append(f"| `{spec}` | {m['cpu_epoch']:.1f} | {m['epoch']:.1f} | " + " | ".join(
             f"{m[p]:.1f} ({m[p] / m['epoch']:.0%})" for p in PHASES) + " |")
     return "\n".join(lines)
 

@@ -84,10 +84,12 @@ def test_phase_split_drops_the_warm_up_epoch():
     rows = [{"epoch": 0, "eval_reward": 0.5},
             {"epoch": 1, "time_sample": 9.0, "time_train": 9.0, "time_collect": 9.0},
             {"epoch": 2, "time_sample": 2.0, "time_reward": 1.0, "time_train": 3.0, "time_collect": 3.5},
-            {"epoch": 3, "time_sample": 4.0, "time_reward": 1.0, "time_train": 5.0, "time_collect": 5.5}]
+            {"epoch": 3, "time_sample": 4.0, "time_reward": 1.0, "time_train": 5.0, "time_collect": 5.5,
+             "cpu_collect": 3.0, "cpu_train": 4.0}]
     s = phase_split(rows)
     assert (s["sample"], s["reward"], s["train"], s["decode"]) == (3.0, 1.0, 4.0, 0.0)
     assert s["epoch"] == 8.5
+    assert s["cpu_epoch"] == 3.5          # (0 + 7) / 2: epoch 2 logged no CPU times
 
 
 def test_learning_curve_on_the_cpu_clock():

