@@ -100,3 +100,43 @@ def test_online_awm_on_labels_raises_the_tiny_text_to_image_reward(tmp_path):
     finally:
         bot.stop()
     assert summary["reward_after"] > summary["reward_before"] + 0.06, summary   # 3 gain SEs
+
+
+def test_online_labels_on_two_processes_publish_once_and_both_ranks_train(tmp_path):
+    """2 CPU processes (accelerate, gloo): the main process publishes each epoch's pairs and freezes
+    the labels once; both ranks train on their share; the moons reward rises."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from flowrl.serve.label_store import read_jsonl
+    from flowrl.serve.scripted_annotator import ScriptedAnnotator, moons_scorer
+    root = Path(__file__).resolve().parents[2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    sets = ["model.base_iters=300", "num_epochs=4", "sample.batch_size=16", "train.batch_size=16",
+            "eval.num_samples=200", "eval.batch_size=100", "sample.eval_num_steps=10", "logging.progress=False",
+            f"algorithm.port={port}", "algorithm.timeout_s=120", "algorithm.poll_s=0.05", "train.lr=3e-3"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(root / "accelerate_configs" / "multi_cpu.yaml"), "--num_processes", "2", "-m", "flowrl", "train",
+           "--config", "dpo.py:human_online_awm", "--output-dir", str(run)] + [a for o in sets for a in ("--set", o)]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
+           "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    bot = ScriptedAnnotator(f"http://127.0.0.1:{port}", run / "human", moons_scorer, tie_margin=0.5, poll_s=0.02)
+    bot.start()
+    try:
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        bot.stop()
+    assert proc.returncode == 0, out.decode()[-4000:]
+    pairs = read_jsonl(run / "human" / "pairs.jsonl")
+    assert [sum(r["epoch"] == e for r in pairs) for e in range(4)] == [16] * 4      # 8 per rank x 2, once
+    assert all((run / "human" / f"epoch_{e}.labels.jsonl").exists() for e in range(4))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["optimizer_steps"] for r in rows if "optimizer_steps" in r] == [1, 2, 3, 4]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["reward_after"] > summary["reward_before"] + 0.1, summary
