@@ -10,8 +10,6 @@ import os
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-import os
-
 # OpenMP threads that spin-wait between parallel regions steal the cores a competing process needs
 # (a shared CPU is the normal case for the tiny models): sleep instead, unless the user chose.
 # Read by libgomp when torch loads, so it acts when flowrl is imported before torch (the CLI).
