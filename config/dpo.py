@@ -52,8 +52,12 @@ def human():
     return c
 
 
-ONLINE_KEYS = ("prompts", "pairs_per_epoch", "min_labels", "timeout_s", "poll_s", "port", "overlap",
-               "num_steps", "sample_guidance", "online_dir", "seed", "replay")   # the labelling round's
+def _awm_on_labels(algorithm, **awm):
+    """The labelling options of a human_online algorithm section + AWM's loss options -> awm_human."""
+    from flowrl.algorithms.human_online import ONLINE_OPTIONS
+    return ml_collections.ConfigDict({"name": "awm_human", **{k: algorithm[k] for k in ONLINE_OPTIONS},
+                                      "adv_clip_max": 1.0, "advantage_max": 1.0, "std_per_group": True,
+                                      "ghuber_power": 0.25, "kl_beta": 0.0, **awm})
 
 
 def human_online():
@@ -81,10 +85,7 @@ def human_online_awm():
     each labelled pair is a group of two, the chosen sample +1 and the other -1 in the flow-matching
     loss (the sigmas of the pairs' 20-step schedule, all of them per sample)."""
     c = human_online()
-    online = {k: c.algorithm[k] for k in ONLINE_KEYS}
-    c.algorithm = ml_collections.ConfigDict({
-        "name": "awm_human", **online, "adv_clip_max": 1.0, "advantage_max": 1.0, "std_per_group": True,
-        "weighting": "uniform", "ghuber_power": 0.25, "kl_beta": 0.0, "timesteps_per_sample": 0})
+    c.algorithm = _awm_on_labels(c.algorithm, weighting="uniform", timesteps_per_sample=0)
     return c
 
 
@@ -114,14 +115,12 @@ def human_online_tiny_geneval():
     pairs per epoch sampled like the evaluation (ODE, 10 steps, CFG 4.5). Measured with a scripted
     annotator preferring the higher scene_geneval (scripts/bench_human_online.py, 1 thread, README):
     held-out reward 0.500 -> 0.641 +- 0.133 over seeds 0-2 (0.665 / 0.580 / 0.678), strict accuracy
-    0.136 -> 0.276, Vendi 26 -> 50, in 12 epochs (~195 a/b labels, the rest ties). Replaying every label so far pushed the old losers away epoch after
-    epoch (matching error 0.6 -> 4.1, 0.542 after 10 epochs); Diffusion-DPO on the same labels did not
-    move this model (human_online_tiny_geneval_dpo)."""
+    0.136 -> 0.276, Vendi 26 -> 50, in 12 epochs (~195 a/b labels, the rest ties). Replaying every
+    label so far pushed the old losers away epoch after epoch (matching error 0.6 -> 4.1, 0.542 after
+    10 epochs); Diffusion-DPO on the same labels did not move this model
+    (human_online_tiny_geneval_dpo)."""
     c = human_online_tiny_geneval_dpo()
-    online = {k: c.algorithm[k] for k in ONLINE_KEYS}
-    c.algorithm = ml_collections.ConfigDict({
-        "name": "awm_human", **online, "adv_clip_max": 1.0, "advantage_max": 1.0, "std_per_group": True,
-        "weighting": "ghuber", "ghuber_power": 0.25, "kl_beta": 0.0, "timesteps_per_sample": 4})
+    c.algorithm = _awm_on_labels(c.algorithm, weighting="ghuber", timesteps_per_sample=4)
     c.algorithm.replay = False
     c.train.batch_size = 16          # 4 optimizer steps per epoch of 32 pairs
     c.train.lr = 3e-3
@@ -145,9 +144,10 @@ def digits():
                                              "ratio_to": "reference", "tie_margin": 0.0})
     return c
 
-EXPERIMENTS = {"moons": moons, "moons_dpo": moons_dpo, "human": human, "human_online": human_online, "human_online_awm": human_online_awm,
-               "human_online_tiny_geneval": human_online_tiny_geneval,
-               "human_online_tiny_geneval_dpo": human_online_tiny_geneval_dpo, "tiny_sd3": tiny_sd3, "digits": digits}
+EXPERIMENTS = {"moons": moons, "moons_dpo": moons_dpo, "human": human, "human_online": human_online,
+               "human_online_awm": human_online_awm, "human_online_tiny_geneval": human_online_tiny_geneval,
+               "human_online_tiny_geneval_dpo": human_online_tiny_geneval_dpo, "tiny_sd3": tiny_sd3,
+               "digits": digits}
 
 
 def tiny_geneval():

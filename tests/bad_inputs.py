@@ -196,6 +196,10 @@ CASES: List[Case] = [
          r"metrics\.jsonl:2: not valid JSON"),
     Case("visualize a non-run dir", lambda d, run: ["visualize", "checkpoints", str(d)], r"not a run dir"),
     Case("init tiny-sd3 into a file", lambda d, run: ["init", "tiny-sd3", str(_write(d / "f", "x"))], r"already exists"),
+    # online labels
+    Case("online labels: poll_s 0", lambda d, run: train("--set", "algorithm.poll_s=0", "--output-dir", str(d / "r"),
+                                                          config="dpo.py:human_online_awm"),
+         r"poll_s > 0 \(got 0\.0\).*--set algorithm\.NAME=VALUE"),
 ]
 
 

@@ -56,8 +56,10 @@ class OnlineLabels:
                  num_steps: int = 20, sample_guidance: float = 1.0, online_dir: str = "", seed: int = 0,
                  replay: bool = False, name: str = "diffusion_dpo_human"):
         if pairs_per_epoch < 0 or min_labels < 0 or timeout_s < 0 or poll_s <= 0 or num_steps < 1:
-            raise ConfigError(f"algorithm {name}: need pairs_per_epoch, min_labels, timeout_s >= 0, "
-                              f"poll_s > 0, num_steps >= 1")
+            raise ConfigError(f"algorithm {name}: need pairs_per_epoch >= 0 (got {pairs_per_epoch}), "
+                              f"min_labels >= 0 (got {min_labels}), timeout_s >= 0 (got {timeout_s}), "
+                              f"poll_s > 0 (got {poll_s}), num_steps >= 1 (got {num_steps}); "
+                              f"set them with --set algorithm.NAME=VALUE")
         self.prompt_spec, self.pairs_per_epoch, self.min_labels = prompts, pairs_per_epoch, min_labels
         self.timeout_s, self.poll_s, self.port, self.overlap = timeout_s, poll_s, port, overlap
         self.num_steps, self.sample_guidance, self.seed = num_steps, sample_guidance, seed
