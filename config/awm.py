@@ -35,12 +35,16 @@ def tiny_geneval():
     drawn from the schedule without sigma = 1. Measured (1 thread, contended box, base build 0.500):
     held-out reward 0.600 after 3 epochs (384 samples; strict accuracy 0.136 -> 0.227, Vendi 26 -> 43),
     0.565 after 6, 0.682 after 10 (strict accuracy 0.330, Vendi 45; 429 s of fine-tuning on a
-    heavily shared box)."""
+    heavily shared box). Trained longer (scripts/bench_tiny_t2i.py --procs 2, 150 s on 2 cores, seeds
+    0-2, another machine's build with base 0.495): every seed peaks at epoch 18 (0.625 / 0.647 /
+    0.674, Vendi 34-55), holds at 21, then collapses by 24-27 (0.47-0.57, Vendi 15-23); hence 18
+    epochs (read off those held-out curves: an optimistic estimate for a fresh run). On 2 processes
+    that is ~105 s on 2 cores."""
     c = grpo.tiny_geneval()
     c.algorithm = _algorithm(std_per_group=True, timesteps_per_sample=4, kl_beta=0.0)
     c.sample.sde_window_size = 0
     c.train.lr = 3e-3    # 1e-3: training reward flat (0.53-0.56) over 4 epochs; 3e-3: 0.60 by epoch 2
-    c.num_epochs = 10    # measured; longer runs not measured
+    c.num_epochs = 18    # the peak of every seed; later epochs collapse the samples (lr 3e-3)
     c.eval.every = 5
     return c
 

@@ -60,7 +60,9 @@ def get_config():
     c.train.budget_clock = "wall"    # "cpu": count this process's CPU seconds (robust on a shared CPU)
     c.train.cfg = True               # re-evaluate velocities with CFG in training (if guidance > 1)
     c.train.cfg_detach_uncond = False  # ... with no gradient through the unconditional half (Flow-GRPO's
-                                     # train_sd3.py did so in July 2025, its later code does not)
+                                     # train_sd3.py did so in July 2025, its later code does not); every
+                                     # loss that trains the CFG velocity follows it (GRPO family, AWM,
+                                     # DGPO, ORW with algorithm.cfg, reward backprop)
     c.train.ema = False              # keep an EMA of the trainable weights (used for evaluation)
     c.train.ema_decay = 0.9
     c.train.ema_every = 8            # optimizer steps between EMA updates

@@ -150,3 +150,15 @@ def phase_split(rows: List[dict]) -> Dict[str, float]:
     out["epoch"] = float(np.mean([r["time_collect"] + r["time_train"] for r in ep]))
     out["cpu_epoch"] = float(np.mean([r.get("cpu_collect", 0.0) + r.get("cpu_train", 0.0) for r in ep]))
     return out
+
+
+def per_rank_overrides(c, procs: int) -> List[str]:
+    """--set overrides that keep config `c`'s GLOBAL sampling and training batches on `procs`
+    processes (each rank takes 1/procs of every batch). ValueError naming the sizes that do not
+    divide."""
+    sizes = {"sample.batch_size": int(c.sample.batch_size), "train.batch_size": int(c.train.batch_size)}
+    bad = {k: v for k, v in sizes.items() if v % procs}
+    if procs < 1 or bad:
+        raise ValueError(f"{bad or sizes} per process do not divide by {procs} processes: pick a number "
+                         f"of processes that divides them, or set the batch sizes")
+    return [f"{k}={v // procs}" for k, v in sizes.items()]

@@ -3,7 +3,7 @@
     flowrl init tiny-t2i                    # once: the base model (~10 min on 2 cores)
     python scripts/bench_tiny_t2i.py [--configs grpo.py:tiny_geneval ...] [--seeds 0 1 2]
         [--max-seconds 150] [--eval-every 5] [--target 0.70] [--jobs 1] [--threads 2] [--out DIR]
-        [--plot PNG] [--set K=V ...]
+        [--procs 1] [--plot PNG] [--set K=V ...]
     python scripts/bench_tiny_t2i.py --only-speedup [--speedup-epochs 4]   # 1 vs 2 processes
 
 Runs every config (default: each config/*.py with a `tiny_geneval` experiment, as shipped: nothing
@@ -59,7 +59,7 @@ def speedup(epochs: int, overrides):
     with tempfile.TemporaryDirectory() as d:
         for procs, threads in ((1, 2), (2, 1)):
             # same global batch: 2 processes each take half of every sampling batch
-            extra = [] if procs == 1 else ["sample.batch_size=16", "train.batch_size=16"]
+            extra = per_rank_batches(SPEC, same, procs)
             rows = launch(Path(d) / f"p{procs}", procs, same + extra, threads)
             per[procs] = statistics.mean(r["time_collect"] + r["time_train"] for r in rows[2:])
     print(f"seconds per epoch: 1 process x 2 threads {per[1]:.2f}, 2 processes x 1 thread {per[2]:.2f}: "
@@ -82,9 +82,19 @@ def run_dir_of(out: Path, spec: str, seed: int) -> Path:
     return out / spec.replace(".py:", "_") / f"seed{seed}"
 
 
-def run_all(specs, seeds, out: Path, common, threads: int, jobs: int = 1):
+def per_rank_batches(spec: str, overrides, procs: int) -> list:
+    """--set overrides that keep `spec`'s GLOBAL batches on `procs` processes."""
+    if procs == 1:
+        return []
+    from flowrl.bench import per_rank_overrides
+    from flowrl.config import load_config
+    return per_rank_overrides(load_config(spec, overrides), procs)
+
+
+def run_all(specs, seeds, out: Path, common, threads: int, jobs: int = 1, procs: int = 1):
     """Each (config, seed) not finished yet in `out`, `jobs` at a time (config-major order, so a cut
-    run still has whole configs); -> {spec: [run_dir, ...]}."""
+    run still has whole configs), each on `procs` processes with the same global batches;
+    -> {spec: [run_dir, ...]}."""
     import shutil
     from concurrent.futures import ThreadPoolExecutor
     dirs, todo = {}, []
@@ -102,7 +112,8 @@ def run_all(specs, seeds, out: Path, common, threads: int, jobs: int = 1):
         d.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         try:
-            launch(d, 1, [*common, f"seed={seed}"], threads, spec)
+            sets = [*common, f"seed={seed}"]
+            launch(d, procs, sets + per_rank_batches(spec, sets, procs), threads, spec)
             print(f"{spec} seed {seed}: wall {time.time() - t0:.0f} s", flush=True)
         except subprocess.CalledProcessError as e:   # reported, left out of the table
             print(f"{spec} seed {seed}: FAILED (exit {e.returncode}); see {d}", flush=True)
@@ -217,6 +228,9 @@ def main():
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="seconds = wall clock, or each run's CPU seconds (all threads; robust on a shared CPU)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (each with --threads threads)")
+    ap.add_argument("--procs", type=int, default=1,
+                    help="processes per run (accelerate, gloo), same global batches; --clock cpu then "
+                         "counts one process's CPU seconds: 150 CPU s x 2 processes = 150 s on 2 cores")
     ap.add_argument("--out", default="", help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--plot", default="", help="PNG: held-out reward vs fine-tuning seconds")
     ap.add_argument("--no-run", action="store_true", help="only summarise the finished runs in --out")
@@ -231,11 +245,11 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(a.out or tmp)
             dirs = ({sp: [run_dir_of(out, sp, s) for s in a.seeds] for sp in specs} if a.no_run
-                    else run_all(specs, a.seeds, out, common, a.threads, a.jobs))
+                    else run_all(specs, a.seeds, out, common, a.threads, a.jobs, a.procs))
             clock, unit = ("cpu", "CPU s") if a.clock == "cpu" else ("time", "s")
             summary = summarize(dirs, a.target, clock)
             cap = f", stopped at {a.max_seconds:.0f} {a.clock} s of fine-tuning" if a.max_seconds else ""
-            print(f"\nseeds {a.seeds}, {a.jobs} run(s) at once x {a.threads} threads, eval every {a.eval_every} epochs{cap}; "
+            print(f"\nseeds {a.seeds}, {a.jobs} run(s) at once x {a.procs} process(es) x {a.threads} threads, eval every {a.eval_every} epochs{cap}; "
                   f"mean ± 95% t-interval half-width over seeds")
             print(table(summary, a.target, unit))
             print("\nper-phase seconds per epoch (mean over seeds, first epoch dropped; share of the epoch)")

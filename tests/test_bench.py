@@ -97,3 +97,14 @@ def test_learning_curve_on_the_cpu_clock():
             {"epoch": 1, "time_collect": 9.0, "time_train": 9.0, "cpu_collect": 1.0, "cpu_train": 2.5,
              "eval_reward": 0.6}]
     assert learning_curve(rows, clock="cpu")["seconds"].tolist() == [0.0, 3.5]
+
+
+def test_per_rank_overrides_keep_the_global_batches():
+    from types import SimpleNamespace
+    from flowrl.bench import per_rank_overrides
+    c = SimpleNamespace(sample=SimpleNamespace(batch_size=32), train=SimpleNamespace(batch_size=32))
+    assert per_rank_overrides(c, 2) == ["sample.batch_size=16", "train.batch_size=16"]
+    assert per_rank_overrides(c, 1) == ["sample.batch_size=32", "train.batch_size=32"]
+    c.train.batch_size = 30
+    with pytest.raises(ValueError, match=r"train.batch_size.*30.*4 processes"):
+        per_rank_overrides(c, 4)

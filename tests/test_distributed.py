@@ -142,3 +142,15 @@ def test_fsdp2_tiny_sd3_full_finetuning_resumes_exactly_and_exports_a_transforme
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     train_only = lambda r: {k: v for k, v in r.items() if not k.startswith("eval_")}   # noqa: E731
     assert train_only(metrics(tmp_path / "part")[-1]) == train_only(metrics(tmp_path / "full")[-1])
+
+
+def test_awm_on_two_processes_keeps_the_ranks_identical(tmp_path):
+    """AWM's several backward passes per optimizer step (one per drawn sigma) under DDP: both ranks
+    hold the same weights after every epoch, and each scored only its own samples."""
+    launch(tmp_path / "run", tmp_path / "dump", 2, "multi_cpu.yaml", config="awm.py:moons", overrides=SMALL)
+    assert all(r["reward_samples_per_rank"] == [64] * 2 for r in metrics(tmp_path / "run")[1:])
+    for epoch in (1, 2):
+        ranks = [load_file(tmp_path / "dump" / f"epoch{epoch}_rank{r}.safetensors") for r in range(2)]
+        assert torch.equal(ranks[0]["params"], ranks[1]["params"])
+    first = load_file(tmp_path / "dump" / "epoch1_rank0.safetensors")["params"]
+    assert not torch.equal(first, ranks[0]["params"])                 # and they trained

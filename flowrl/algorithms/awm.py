@@ -27,7 +27,7 @@ import torch
 
 from flowrl.algorithms.advantages import group_advantages
 from flowrl.algorithms.base import AlgorithmBase
-from flowrl.algorithms.grpo import cond_of
+from flowrl.algorithms.grpo import cond_of, train_velocity
 from flowrl.algorithms.forward_process import forward_draws, noised, reference_velocity, velocity_mse
 from flowrl.batch import Batch
 from flowrl.registry import ALGORITHMS
@@ -119,7 +119,8 @@ class AWM(AlgorithmBase):
         for j in range(mb["awm_sigma"].shape[1]):
             sig, eps = mb["awm_sigma"][:, j], mb["awm_noise"][:, j]
             xs = noised(x0, sig, eps)
-            v = policy.velocity(xs, sig, cond, guidance=guidance).float()
+            v = (train_velocity(policy, xs, sig, cond, st) if st is not None
+                 else policy.velocity(xs, sig, cond, guidance=1.0)).float()
             loss, err = awm_loss(v, eps - x0, mb["awm_adv"], sig, self.weighting, self.power)
             metrics = {"policy_loss": loss.item(), "matching_error": err.mean().item()}
             if self.kl_beta > 0:

@@ -26,7 +26,7 @@ import torch
 from flowrl.algorithms.advantages import group_advantages
 from flowrl.algorithms.base import AlgorithmBase
 from flowrl.algorithms.forward_process import noised, reference_velocity, velocity_mse
-from flowrl.algorithms.grpo import cond_of
+from flowrl.algorithms.grpo import cond_of, train_velocity
 from flowrl.algorithms.nft import draw_step_sigmas
 from flowrl.batch import Batch
 from flowrl.registry import ALGORITHMS
@@ -116,7 +116,8 @@ class DGPO(AlgorithmBase):
         for j in range(mb["dgpo_sigma"].shape[1]):
             sig, eps = mb["dgpo_sigma"][:, j], mb["dgpo_noise"][:, j]
             xs, u = noised(x0, sig, eps), eps - x0
-            v = policy.velocity(xs, sig, cond, guidance=guidance).float()
+            v = (train_velocity(policy, xs, sig, cond, st) if st is not None
+                 else policy.velocity(xs, sig, cond, guidance=1.0)).float()
             v_ref = reference_velocity(policy, xs, sig, cond, guidance)
             err = velocity_mse(v, u)
             loss, w = dgpo_loss(err, velocity_mse(v_ref, u), mb["dgpo_adv"], mb["group_ids"], self.beta_dpo)

@@ -10,11 +10,11 @@ to x1 by minibatch optimal transport, sigma ~ U(0, 1) (project convention: x_sig
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 
-from flowrl.algorithms.grpo import cond_of
+from flowrl.algorithms.grpo import cond_of, train_velocity
 from flowrl.algorithms.base import AlgorithmBase
 from flowrl.batch import Batch
 from flowrl.registry import ALGORITHMS
@@ -30,12 +30,21 @@ def orw_cfm_w2_loss(v: torch.Tensor, target: torch.Tensor, v_ref: torch.Tensor, 
     return (weights * fm + alpha * w2).mean(), fm, w2
 
 
-def reward_weights(rewards: torch.Tensor, temperature: float, normalize: bool) -> torch.Tensor:
-    """w = exp(tau * r) (N,); normalised to mean 1 when `normalize` (computed stably)."""
+def reward_weights(rewards: torch.Tensor, temperature: float, normalize: bool,
+                   group_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """w = exp(tau * r) (N,); normalised to mean 1 when `normalize` (computed stably): over the whole
+    batch, or within each group of equal `group_ids` (N,) if given (every prompt then weighs the same,
+    whatever its reward level)."""
     z = temperature * rewards.double()
-    if normalize:
+    if not normalize:
+        return torch.exp(z).float()
+    if group_ids is None:
         return torch.softmax(z, 0).float() * len(z)
-    return torch.exp(z).float()
+    w = torch.empty_like(z)
+    for g in torch.unique(group_ids):
+        idx = group_ids == g
+        w[idx] = torch.softmax(z[idx], 0) * idx.sum()
+    return w.float()
 
 
 def ot_pair(x1: torch.Tensor, x0: torch.Tensor, keys: torch.Tensor = None) -> torch.Tensor:
@@ -55,24 +64,30 @@ def ot_pair(x1: torch.Tensor, x0: torch.Tensor, keys: torch.Tensor = None) -> to
 @ALGORITHMS.register("orw_cfm_w2")
 class ORWCFMW2(AlgorithmBase):
     """Options: w2_coefficient (alpha >= 0, default 1.0), temperature (tau > 0, default 0.5),
-    normalize_weights (default False, as the authors' code), ot_pairing (default True)."""
+    normalize_weights (default False, as the authors' code), ot_pairing (default True),
+    group_weights (normalise the weights within each prompt's group instead of the whole batch;
+    default False), cfg (match the velocity at the training CFG scale, train.cfg, for the policy and
+    the reference, as the samples come from it; default False: the conditional velocity, guidance 1)."""
 
     sampling = "ode"
 
     def __init__(self, w2_coefficient: float = 1.0, temperature: float = 0.5,
-                 normalize_weights: bool = False, ot_pairing: bool = True):
+                 normalize_weights: bool = False, ot_pairing: bool = True, group_weights: bool = False,
+                 cfg: bool = False):
         if w2_coefficient < 0:
             raise ValueError(f"algorithm.w2_coefficient (alpha) must be >= 0, got {w2_coefficient}")
         if temperature <= 0:
             raise ValueError(f"algorithm.temperature (tau) must be > 0, got {temperature}")
         self.alpha, self.tau = w2_coefficient, temperature
         self.normalize, self.ot = normalize_weights, ot_pairing
+        self.group_weights, self.cfg = group_weights, cfg
         self._generator = torch.Generator().manual_seed(0)
 
     def prepare(self, policy, batch: Batch, gathered: Batch, rank_slice: slice) -> Dict[str, float]:
         from flowrl.data.sampler import mix_seed   # fresh, rank-distinct, resumable noise each epoch
         self._generator.manual_seed(mix_seed(int(gathered["group_ids"][0]), rank_slice.start, 17))
-        w = reward_weights(gathered["rewards"], self.tau, self.normalize)
+        w = reward_weights(gathered["rewards"], self.tau, self.normalize,
+                           gathered["group_ids"] if self.group_weights else None)
         batch["weights"] = w[rank_slice].to(batch["latents"].device)
         return {"weight_max_over_mean": (w.max() / w.mean()).item()}
 
@@ -88,8 +103,10 @@ class ORWCFMW2(AlgorithmBase):
         s = sigma.view(-1, *([1] * (x1.ndim - 1)))
         xt = (1 - s) * x1 + s * x0
         cond = cond_of(mb)
-        v = policy.velocity(xt, sigma, cond, guidance=1.0)
+        cfg = self.cfg and st is not None
+        guidance = st.guidance if cfg else 1.0
+        v = train_velocity(policy, xt, sigma, cond, st) if cfg else policy.velocity(xt, sigma, cond, guidance=1.0)
         with torch.no_grad(), policy.reference():
-            v_ref = policy.velocity(xt, sigma, cond, guidance=1.0)
+            v_ref = policy.velocity(xt, sigma, cond, guidance=guidance)
         loss, fm, w2 = orw_cfm_w2_loss(v.float(), (x0 - x1).float(), v_ref.float(), mb["weights"], self.alpha)
         yield loss, {"fm_loss": fm.mean().item(), "w2": w2.mean().item()}

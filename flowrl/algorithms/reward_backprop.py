@@ -24,7 +24,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 import torch
 
 from flowrl.algorithms.base import AlgorithmBase
-from flowrl.algorithms.grpo import cond_of
+from flowrl.algorithms.grpo import cond_of, train_velocity
 from flowrl.batch import Batch
 from flowrl.registry import ALGORITHMS, REWARDS
 from flowrl.sampling.rollout import RolloutSettings
@@ -126,7 +126,7 @@ class RewardBackprop(AlgorithmBase):
             x = mb["latents"][:, j].detach()                    # stop-gradient at the network input
             n = x.shape[0]
             s, s_next = st.sigmas[j].expand(n).to(x.device), st.sigmas[j + 1].expand(n).to(x.device)
-            v = policy.velocity(x, s, cond, guidance=st.guidance)
+            v = train_velocity(policy, x, s, cond, st)
             loss = surrogate_loss(v, s_next - s, g)
             metrics = {"surrogate": loss.item()}
             if self.alpha > 0:

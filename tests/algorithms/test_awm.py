@@ -75,3 +75,37 @@ def test_bad_options_are_refused(kw):
 def test_moons_reward_rises_and_parameters_change(tmp_path):
     summary, changed = moons_run("awm.py:moons", ["sample.group_size=128", "num_epochs=4"], tmp_path / "run")
     assert changed and summary["reward_after"] > summary["reward_before"] + 0.2   # measured: 0.51 -> 1.00 (6 epochs)
+
+
+class _CFGPolicy:
+    """v_c = wc * x, v_u = wu * x, CFG velocity v_u + g (v_c - v_u), v_u detached on request."""
+
+    def __init__(self):
+        self.wc, self.wu = torch.tensor(1.0, requires_grad=True), torch.tensor(2.0, requires_grad=True)
+
+    def velocity(self, x, sigma, cond, guidance=1.0, detach_uncond=False):
+        vc, vu = self.wc * x, self.wu * x
+        vu = vu.detach() if detach_uncond else vu
+        return vc if guidance <= 1 else vu + guidance * (vc - vu)
+
+    def sigmas(self, steps):
+        return torch.linspace(1, 0, steps + 1)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_the_training_velocity_follows_cfg_detach_uncond(detach):
+    # loss ~ A * w(mean (v - u)^2) with v = wu x + g (wc - wu) x: d/dwu carries the factor (1 - g) = -3.5
+    # unless the unconditional half is detached (then only wc learns, with the factor g = 4.5)
+    from types import SimpleNamespace
+    policy, alg = _CFGPolicy(), ALGORITHMS.build("awm", weighting="uniform", timesteps_per_sample=1)
+    batch = _batch()
+    gathered = Batch({k: batch[k] for k in ("rewards", "group_ids", "prompt_ids")})
+    alg.prepare(policy, batch, gathered, slice(0, 8))
+    st = SimpleNamespace(guidance=4.5, cfg_detach_uncond=detach)
+    (loss, _), = list(alg.loss_terms(policy, batch, st))
+    gc, gu = torch.autograd.grad(loss, [policy.wc, policy.wu], allow_unused=True)
+    if detach:
+        assert gu is None or gu.item() == 0.0
+    else:   # the two weights enter v only through wu (1 - g) + wc g: their gradients are in that ratio
+        assert gu.item() == pytest.approx(gc.item() * (1 - 4.5) / 4.5, rel=1e-5)
+    assert gc.item() != 0.0

@@ -105,3 +105,33 @@ def test_ot_pairing_minimises_squared_not_other_powers_of_distance():
     x0 = torch.tensor([[0.0, 0.0], [2.2, 0.0]])
     assert torch.cdist(x1, x0)[1, 1].item() == pytest.approx(3.0, abs=1e-3)
     assert torch.equal(ot_pair(x1, x0), x0)
+
+
+def test_group_weights_normalise_within_each_prompt():
+    # groups {0, 1} and {2, 3}: softmax(tau r) x group size inside each, so each group's mean is 1
+    r = torch.tensor([0.0, 1.0, 0.5, 0.5])
+    w = reward_weights(r, 2.0, True, group_ids=torch.tensor([3, 3, 8, 8]))
+    e = math.exp(2.0)
+    assert w.tolist() == pytest.approx([2 / (1 + e), 2 * e / (1 + e), 1.0, 1.0], rel=1e-6)
+    # the batch-wide version weighs the whole second group by its (middle) reward instead
+    assert reward_weights(r, 2.0, True)[2].item() == pytest.approx(4 * math.exp(1.0) / (1 + e + 2 * math.exp(1.0)))
+
+
+class _GuidanceRecorder(_Recorder):
+    def __init__(self):
+        super().__init__()
+        self.guidances = []
+
+    def velocity(self, x, sigma, cond, guidance=None):
+        self.guidances.append(guidance)
+        return super().velocity(x, sigma, cond, guidance)
+
+
+@pytest.mark.parametrize("cfg,expected", [(False, [1.0, 1.0]), (True, [4.5, 4.5])])
+def test_cfg_option_matches_the_training_guidance_for_policy_and_reference(cfg, expected):
+    from types import SimpleNamespace
+    batch = Batch({"latents": torch.zeros(2, 2, 3), "weights": torch.ones(2),
+                   "prompt_ids": torch.zeros(2, dtype=torch.long)})
+    policy = _GuidanceRecorder()
+    list(ORWCFMW2(ot_pairing=False, cfg=cfg).loss_terms(policy, batch, SimpleNamespace(guidance=4.5, cfg_detach_uncond=False)))
+    assert policy.guidances == expected            # [policy, reference]
