@@ -157,8 +157,8 @@ def per_rank_overrides(c, procs: int) -> List[str]:
     processes (each rank takes 1/procs of every batch). ValueError naming the sizes that do not
     divide."""
     sizes = {"sample.batch_size": int(c.sample.batch_size), "train.batch_size": int(c.train.batch_size)}
-    bad = {k: v for k, v in sizes.items() if v % procs}
-    if procs < 1 or bad:
-        raise ValueError(f"{bad or sizes} per process do not divide by {procs} processes: pick a number "
-                         f"of processes that divides them, or set the batch sizes")
+    bad = {k: v for k, v in sizes.items() if v % procs} if procs >= 1 else sizes
+    if bad:
+        raise ValueError(f"{bad} per process do not divide by {procs} processes: pick a number "
+                         f"of processes >= 1 that divides them, or set the batch sizes")
     return [f"{k}={v // procs}" for k, v in sizes.items()]

@@ -238,6 +238,8 @@ def main():
     ap.add_argument("--only-speedup", action="store_true")
     ap.add_argument("--set", nargs="*", default=[])
     a = ap.parse_args()
+    if a.procs < 1 or a.jobs < 1 or a.threads < 1:
+        ap.error(f"--procs, --jobs and --threads must be >= 1 (got {a.procs}, {a.jobs}, {a.threads})")
     if not a.only_speedup:
         specs = a.configs or tiny_geneval_configs()
         common = [*a.set, f"eval.every={a.eval_every}", "checkpoint.every=0", "logging.progress=False",

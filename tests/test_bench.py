@@ -108,3 +108,5 @@ def test_per_rank_overrides_keep_the_global_batches():
     c.train.batch_size = 30
     with pytest.raises(ValueError, match=r"train.batch_size.*30.*4 processes"):
         per_rank_overrides(c, 4)
+    with pytest.raises(ValueError, match=r"0 processes.*>= 1"):
+        per_rank_overrides(c, 0)

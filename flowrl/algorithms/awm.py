@@ -119,8 +119,7 @@ class AWM(AlgorithmBase):
         for j in range(mb["awm_sigma"].shape[1]):
             sig, eps = mb["awm_sigma"][:, j], mb["awm_noise"][:, j]
             xs = noised(x0, sig, eps)
-            v = (train_velocity(policy, xs, sig, cond, st) if st is not None
-                 else policy.velocity(xs, sig, cond, guidance=1.0)).float()
+            v = train_velocity(policy, xs, sig, cond, st).float()
             loss, err = awm_loss(v, eps - x0, mb["awm_adv"], sig, self.weighting, self.power)
             metrics = {"policy_loss": loss.item(), "matching_error": err.mean().item()}
             if self.kl_beta > 0:

@@ -116,8 +116,7 @@ class DGPO(AlgorithmBase):
         for j in range(mb["dgpo_sigma"].shape[1]):
             sig, eps = mb["dgpo_sigma"][:, j], mb["dgpo_noise"][:, j]
             xs, u = noised(x0, sig, eps), eps - x0
-            v = (train_velocity(policy, xs, sig, cond, st) if st is not None
-                 else policy.velocity(xs, sig, cond, guidance=1.0)).float()
+            v = train_velocity(policy, xs, sig, cond, st).float()
             v_ref = reference_velocity(policy, xs, sig, cond, guidance)
             err = velocity_mse(v, u)
             loss, w = dgpo_loss(err, velocity_mse(v_ref, u), mb["dgpo_adv"], mb["group_ids"], self.beta_dpo)

@@ -25,9 +25,12 @@ def cond_of(batch: Batch) -> Dict[str, torch.Tensor]:
     return {k[5:]: v for k, v in batch.tensors.items() if k.startswith("cond.")}
 
 
-def train_velocity(policy, x, s, cond, st: RolloutSettings) -> torch.Tensor:
+def train_velocity(policy, x, s, cond, st: Optional[RolloutSettings]) -> torch.Tensor:
     """The policy's velocity as training re-evaluates it: CFG at st.guidance, the unconditional half
-    detached if st.cfg_detach_uncond (asks the policy only when guidance is on)."""
+    detached if st.cfg_detach_uncond (asks the policy only when guidance is on); st None: the
+    conditional velocity (guidance 1)."""
+    if st is None:
+        return policy.velocity(x, s, cond, guidance=1.0)
     if st.cfg_detach_uncond and st.guidance > 1.0:
         return policy.velocity(x, s, cond, guidance=st.guidance, detach_uncond=True)
     return policy.velocity(x, s, cond, guidance=st.guidance)

@@ -103,9 +103,9 @@ class ORWCFMW2(AlgorithmBase):
         s = sigma.view(-1, *([1] * (x1.ndim - 1)))
         xt = (1 - s) * x1 + s * x0
         cond = cond_of(mb)
-        cfg = self.cfg and st is not None
-        guidance = st.guidance if cfg else 1.0
-        v = train_velocity(policy, xt, sigma, cond, st) if cfg else policy.velocity(xt, sigma, cond, guidance=1.0)
+        st = st if self.cfg else None                 # None: the conditional velocity, guidance 1
+        guidance = st.guidance if st is not None else 1.0
+        v = train_velocity(policy, xt, sigma, cond, st)
         with torch.no_grad(), policy.reference():
             v_ref = policy.velocity(xt, sigma, cond, guidance=guidance)
         loss, fm, w2 = orw_cfm_w2_loss(v.float(), (x0 - x1).float(), v_ref.float(), mb["weights"], self.alpha)
