@@ -46,6 +46,9 @@ def get_config():
     c.train.gradient_accumulation_steps = 1  # minibatches per optimizer step (x trained steps)
     c.train.num_inner_epochs = 1     # passes over each epoch's samples
     c.train.lr = 3e-4
+    c.train.lr_schedule = "constant"  # "constant" | "linear" | "cosine": lr x factor(epoch) (flowrl.lr_schedule)
+    c.train.lr_decay_epochs = 0      # the factor falls from 1 to lr_final over this many epochs (0 = num_epochs)
+    c.train.lr_final = 0.0           # ... and stays at lr_final (a fraction of lr) after
     c.train.adam_beta1 = 0.9
     c.train.adam_beta2 = 0.999
     c.train.adam_weight_decay = 1e-4

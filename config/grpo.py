@@ -287,7 +287,9 @@ def tiny_geneval():
     c.algorithm.kl = "exact"         # tuned with the exact KL: x25..x17 Flow-GRPO's on steps 0-2
     c.algorithm.std_per_group = True
     c.reward.weights = ml_collections.ConfigDict({"scene_geneval": 1.0})
-    c.reward.metrics = ("scene_accuracy",)
+    # no_extra=True adds the check that nothing beyond the prompt's objects is drawn (GenEval has none)
+    c.reward.options = ml_collections.ConfigDict({"scene_geneval": {"no_extra": False}})
+    c.reward.metrics = ("scene_accuracy", "scene_extra_objects")   # strict accuracy; clutter per image
     c.eval.every = 10
     c.eval.num_samples = 176
     c.eval.batch_size = 176

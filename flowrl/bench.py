@@ -99,7 +99,8 @@ def paired_standard_error(after: Sequence[float], before: Sequence[float]) -> fl
 
 def run_summary(rows: List[dict], target: float, clock: str = "time") -> Dict[str, Optional[float]]:
     """One run's figures from its metrics rows (see learning_curve): base and final held-out reward,
-    strict accuracy (eval_scene_accuracy, if logged), diversity kept (final / base eval_diversity),
+    strict accuracy (eval_scene_accuracy, if logged), objects beyond the prompt's per image
+    (eval_scene_extra_objects, if logged), diversity kept (final / base eval_diversity),
     fine-tuning seconds and samples in all, and seconds / samples / epochs at the first evaluation
     with reward >= target (None if never); seconds on `clock` (see learning_curve)."""
     c = learning_curve(rows, clock=clock)
@@ -109,6 +110,7 @@ def run_summary(rows: List[dict], target: float, clock: str = "time") -> Dict[st
     div = [r.get("eval_diversity") for r in (base, last)]
     return {"reward_base": base["eval_reward"], "reward": last["eval_reward"],
             "accuracy_base": base.get("eval_scene_accuracy"), "accuracy": last.get("eval_scene_accuracy"),
+            "extra_base": base.get("eval_scene_extra_objects"), "extra": last.get("eval_scene_extra_objects"),
             "diversity_kept": div[1] / div[0] if None not in div and div[0] > 0 else None,
             "seconds": float(c["seconds"][-1]), "samples": float(c["samples"][-1]),
             "epochs": float(c["epochs"][-1]),

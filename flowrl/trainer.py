@@ -22,6 +22,7 @@ from flowrl.data.prompts import load_prompts
 from flowrl.data.sampler import epoch_assignment, group_shuffle, mix_seed
 from flowrl.evaluator import Evaluator
 from flowrl.guards import StepGuard, check_state_finite, where
+from flowrl.lr_schedule import apply_lr_schedule
 from flowrl.protocols import Runtime
 from flowrl.registry import ALGORITHMS, POLICIES
 from flowrl.rewards import build_reward
@@ -253,8 +254,7 @@ class Trainer:
             g = torch.Generator().manual_seed(mix_seed(c.seed, epoch, acc.process_index, inner, 13))
             perm = (group_shuffle(batch["group_ids"], g) if self.algorithm.group_local
                     else torch.randperm(len(batch), generator=g))
-            shuffled = batch.select(perm)
-            for mb in shuffled.split(c.train.batch_size):
+            for mb in batch.select(perm).split(c.train.batch_size):
                 mb = mb.to(acc.device)
                 for loss, metrics in self.algorithm.loss_terms(self.policy, mb, st):
                     with acc.accumulate(*self.trained_modules):   # NaN/inf never reach the optimizer
@@ -361,14 +361,14 @@ class Trainer:
             batch = self.collect(epoch, st)
         t1, c1 = time.time(), time.process_time()
         gathered = self.gather(batch)
-        row = {"epoch": epoch + 1, "reward_mean": float(gathered["rewards"].mean()),
-               "reward_std": float(gathered["rewards"].std())}
+        r = gathered["rewards"]
+        row = {"epoch": epoch + 1, "reward_mean": float(r.mean()), "reward_std": float(r.std())}
         row.update({f"{k}_mean": float(v.mean()) for k, v in gathered.tensors.items() if k.startswith("reward.")})
-        n = len(batch)
-        rank_slice = slice(self.acc.process_index * n, (self.acc.process_index + 1) * n)
+        rank_slice = slice(self.acc.process_index * len(batch), (self.acc.process_index + 1) * len(batch))
         row.update(self.algorithm.prepare(self.policy, batch, gathered, rank_slice))
-        counts = self.acc.gather(torch.tensor([n], device=self.acc.device)).cpu()
+        counts = self.acc.gather(torch.tensor([len(batch)], device=self.acc.device)).cpu()
         row["reward_samples_per_rank"] = counts.tolist()   # each rank scores only its own samples
+        row["lr"] = apply_lr_schedule(self.optimizer, self.c.train, epoch, self.c.num_epochs)
         row.update(self.optimize(batch, st, epoch))
         row.update({f"time_{k}": v for k, v in self.timers.items()})
         row.update(time_collect=t1 - t0, time_train=time.time() - t1,   # wall; cpu_*: this process's

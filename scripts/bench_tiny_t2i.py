@@ -14,7 +14,8 @@ evaluation). Runs are kept in --out and a finished run is not run again, so the 
 in pieces. Prints one markdown table: per config the held-out reward and strict (GenEval) accuracy
 at the end (mean and 95% t-interval over seeds), fine-tuning seconds, seconds / samples to the
 target (mean over the seeds that reached it, and how many did), diversity kept (final Vendi / the
-base model's, same kernel scale), and the evaluation's own noise: the standard error of the held-out
+base model's, same kernel scale), objects per image beyond the prompt's (`scene_extra_objects`:
+clutter, which scene_geneval like GenEval does not penalise), and the evaluation's own noise: the standard error of the held-out
 mean over its samples, and of the improvement (final - base: same prompts and noise, paired).
 --plot draws held-out reward vs fine-tuning seconds, one band (mean, 95% interval) per config.
 --speedup-epochs N (after the table) or --only-speedup: the same config with the same GLOBAL batch
@@ -163,16 +164,17 @@ def table(summary, target: float, unit: str = "s") -> str:
         return (fmt.format(statistics.mean(hits)) if hits else "-") + f" ({len(hits)}/{len(runs)})"
 
     lines = [f"| config | seeds | held-out reward | strict accuracy | fine-tune {unit} | {unit} to {target} | "
-             f"samples to {target} | diversity kept | eval SE (gain SE) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"samples to {target} | diversity kept | extra objects | eval SE (gain SE) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for spec, s in summary.items():
         runs = s["runs"]
         base = runs[0]
+        extra = "-" if base["extra"] is None else f"{base['extra_base'] or 0:.2f} -> {ci('extra', runs, '{:.2f}')}"
         lines.append(
             f"| `{spec}` | {len(runs)} | {base['reward_base']:.3f} -> {ci('reward', runs)} | "
             f"{base['accuracy_base'] or 0:.3f} -> {ci('accuracy', runs)} | {ci('seconds', runs, '{:.0f}')} | "
             f"{reached('seconds_to_target', runs, '{:.0f}')} | {reached('samples_to_target', runs, '{:.0f}')} | "
-            f"{ci('diversity_kept', runs, '{:.2f}')} | {s['se']:.3f} ({s['se_gain']:.3f}) |")
+            f"{ci('diversity_kept', runs, '{:.2f}')} | {extra} | {s['se']:.3f} ({s['se_gain']:.3f}) |")
     return "\n".join(lines)
 
 

@@ -60,13 +60,15 @@ def test_run_summary_of_a_two_evaluation_run():
             {"epoch": 1, "time_collect": 2.0, "time_train": 2.0, "reward_samples_per_rank": [128],
              "eval_reward": 0.6, "eval_scene_accuracy": 0.2, "eval_diversity": 30.0},
             {"epoch": 2, "time_collect": 2.0, "time_train": 3.0, "reward_samples_per_rank": [128],
-             "eval_reward": 0.8, "eval_scene_accuracy": 0.4, "eval_diversity": 10.0}]
+             "eval_reward": 0.8, "eval_scene_accuracy": 0.4, "eval_diversity": 10.0,
+             "eval_scene_extra_objects": 2.5}]
     from flowrl.bench import run_summary
     s = run_summary(rows, target=0.7)
     assert (s["reward_base"], s["reward"], s["accuracy"]) == (0.5, 0.8, 0.4)
     assert s["diversity_kept"] == pytest.approx(0.5) and s["seconds"] == 9.0 and s["samples"] == 256
     assert (s["seconds_to_target"], s["samples_to_target"], s["epochs_to_target"]) == (9.0, 256.0, 2.0)
     assert run_summary(rows, target=0.9)["seconds_to_target"] is None
+    assert (s["extra_base"], s["extra"]) == (None, 2.5)       # not logged at the base evaluation
     assert s["curve_seconds"] == [0.0, 4.0, 9.0] and s["curve_accuracy"] == [0.1, 0.2, 0.4]
 
 

@@ -37,8 +37,10 @@ def test_reward_rises_and_parameters_change(tmp_path):
 
 
 def test_resume_after_a_crash_reproduces_the_uninterrupted_metrics(tmp_path, monkeypatch):
-    extra = ["num_epochs=4", "checkpoint.every=2", "eval.every=1"]
+    extra = ["num_epochs=4", "checkpoint.every=2", "eval.every=1", "train.lr_schedule=cosine"]
     Trainer(fast_config(*extra), tmp_path / "full").train()
+    lr = fast_config(*extra).train.lr   # cosine to 0 over the 4 epochs: factors 1, (1 + cos(pi/4))/2, 1/2, ...
+    assert [r["lr"] for r in rows(tmp_path / "full")[1:3]] == pytest.approx([lr, lr * 0.853553])
 
     crashed = Trainer(fast_config(*extra), tmp_path / "crash")
     real_epoch = Trainer.epoch

@@ -50,9 +50,13 @@ def weighted_matching_error(err: torch.Tensor, sigma: torch.Tensor, weighting: s
     raise ValueError(f"algorithm awm: unknown weighting {weighting!r}; use one of {WEIGHTINGS}")
 
 
-def awm_advantages(advantages: torch.Tensor, adv_clip_max: float, advantage_max: float) -> torch.Tensor:
-    """clip(A, -m, m) / m * advantage_max: A = m -> advantage_max. (N,) -> (N,)."""
-    return advantages.clamp(-adv_clip_max, adv_clip_max) / adv_clip_max * advantage_max
+def awm_advantages(advantages: torch.Tensor, adv_clip_max: float, advantage_max: float,
+                   negative_scale: float = 1.0) -> torch.Tensor:
+    """clip(A, -m, m) / m * advantage_max: A = m -> advantage_max; negative advantages are then
+    multiplied by negative_scale >= 0 (1: AWM's symmetric weights, mean 0 within a group; < 1: a net
+    pull towards the policy's own samples, which sharpens it; > 1: a net push away). (N,) -> (N,)."""
+    a = advantages.clamp(-adv_clip_max, adv_clip_max) / adv_clip_max * advantage_max
+    return torch.where(a < 0, a * negative_scale, a)
 
 
 def awm_loss(v: torch.Tensor, target: torch.Tensor, advantages: torch.Tensor, sigma: torch.Tensor,
@@ -70,7 +74,8 @@ class AWM(AlgorithmBase):
     """Options (config.algorithm): adv_clip_max (|A| bound before scaling), advantage_max (the
     scale A = adv_clip_max maps to), std_per_group (normalise by each group's std, else the
     global one), weighting ("uniform" | "t" | "ghuber"), ghuber_power, kl_beta (>= 0: penalty
-    mean ||v - v_ref||^2 to the frozen base), timesteps_per_sample (sigmas per sample and epoch;
+    mean ||v - v_ref||^2 to the frozen base), negative_scale (>= 0: the weight of the pushes away
+    from worse-than-average samples; 1 = AWM), timesteps_per_sample (sigmas per sample and epoch;
     0 = the trained steps of the schedule), seed (sigma / noise draws). The velocity in the loss
     uses the training CFG scale (train.cfg: sample.guidance_scale, else 1)."""
 
@@ -79,16 +84,17 @@ class AWM(AlgorithmBase):
 
     def __init__(self, adv_clip_max: float = 5.0, advantage_max: float = 1.0, std_per_group: bool = False,
                  weighting: str = "ghuber", ghuber_power: float = 0.25, kl_beta: float = 0.0,
-                 timesteps_per_sample: int = 0, seed: int = 0):
+                 timesteps_per_sample: int = 0, seed: int = 0, negative_scale: float = 1.0):
         if adv_clip_max <= 0 or advantage_max <= 0 or kl_beta < 0 or timesteps_per_sample < 0 \
-                or ghuber_power <= 0 or weighting not in WEIGHTINGS:
+                or ghuber_power <= 0 or weighting not in WEIGHTINGS or negative_scale < 0:
             raise ValueError(f"algorithm awm: need adv_clip_max > 0 (got {adv_clip_max}), advantage_max > 0 "
                              f"(got {advantage_max}), kl_beta >= 0 (got {kl_beta}), timesteps_per_sample "
                              f">= 0 (got {timesteps_per_sample}), ghuber_power > 0 (got {ghuber_power}), "
-                             f"weighting in {WEIGHTINGS} (got {weighting!r})")
+                             f"weighting in {WEIGHTINGS} (got {weighting!r}), negative_scale >= 0 "
+                             f"(got {negative_scale})")
         self.adv_clip_max, self.advantage_max, self.std_per_group = adv_clip_max, advantage_max, std_per_group
         self.weighting, self.power, self.kl_beta, self.seed = weighting, ghuber_power, kl_beta, seed
-        self.timesteps_per_sample = timesteps_per_sample
+        self.timesteps_per_sample, self.negative_scale = timesteps_per_sample, negative_scale
         self._k: Optional[int] = timesteps_per_sample or None
 
     def num_loss_terms(self, num_train_steps: int) -> int:
@@ -103,7 +109,7 @@ class AWM(AlgorithmBase):
         from flowrl.data.sampler import mix_seed
         adv, zero = group_advantages(gathered["rewards"], gathered["group_ids"], self.std_per_group,
                                      clip=self.adv_clip_max)
-        a = awm_advantages(adv, self.adv_clip_max, self.advantage_max)
+        a = awm_advantages(adv, self.adv_clip_max, self.advantage_max, self.negative_scale)
         x0 = batch["latents"][:, -1]
         steps = self.schedule_steps or batch["latents"].shape[1] - 1
         g = torch.Generator().manual_seed(mix_seed(self.seed, int(gathered["group_ids"].min()),

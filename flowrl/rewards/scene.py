@@ -163,6 +163,13 @@ def checks(attributes: dict, objects: List[dict]) -> Dict[str, bool]:
     return out
 
 
+def extra_objects(attributes: dict, objects: List[dict]) -> int:
+    """Objects detected beyond the number the prompt asks for (the sum of its include counts), >= 0.
+    GenEval checks counts only on its counting prompts, so a policy can fill the picture with shapes
+    (clutter) and still pass "a square"; this measures that."""
+    return max(0, len(objects) - sum(int(it.get("count", 1)) for it in attributes["include"]))
+
+
 def _as_hwc(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [0, 1] (any device/dtype) -> (B, H, W, 3) float64 numpy, clipped."""
     if images.ndim != 4 or images.shape[1] != 3:
@@ -171,18 +178,23 @@ def _as_hwc(images: torch.Tensor) -> np.ndarray:
     return images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy().astype(np.float64)
 
 
-def scene_scores(images: torch.Tensor, prompts: Sequence[str],
-                 metadata: Optional[Sequence[dict]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """-> (reward (B,) fraction of checks that hold, strict (B,) 1.0 if all hold), float32 CPU."""
+def scene_scores(images: torch.Tensor, prompts: Sequence[str], metadata: Optional[Sequence[dict]] = None,
+                 no_extra: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """-> (reward (B,) fraction of checks that hold, strict (B,) 1.0 if all hold), float32 CPU.
+    no_extra: reward = fraction / (1 + objects beyond the prompt's), and strict also needs none: an
+    extra shape halves the reward, so clutter costs more than it can pass by chance, and an empty
+    picture still scores 0 (an additive "no clutter" bonus rewarded blank images instead)."""
     arr = _as_hwc(images)
     metadata = list(metadata) if metadata is not None else [{}] * len(prompts)
     if not (len(arr) == len(prompts) == len(metadata)):
         raise ValueError(f"{len(arr)} images, {len(prompts)} prompts, {len(metadata)} metadata: one each")
     frac, strict = [], []
     for img, p, m in zip(arr, prompts, metadata):
-        c = checks(attributes_of(p, m), detect_objects(img))
-        frac.append(sum(c.values()) / len(c))
-        strict.append(float(all(c.values())))
+        attributes, objects = attributes_of(p, m), detect_objects(img)
+        c = checks(attributes, objects)
+        extra = extra_objects(attributes, objects) if no_extra else 0
+        frac.append(sum(c.values()) / len(c) / (1 + extra))
+        strict.append(float(all(c.values()) and extra == 0))
     return torch.tensor(frac, dtype=torch.float32), torch.tensor(strict, dtype=torch.float32)
 
 
@@ -193,10 +205,36 @@ def scene_accuracy(images: torch.Tensor, prompts: Sequence[str],
 
 
 @REWARDS.register("scene_geneval", domain="image", differentiable=False)
-def scene_geneval(device=None, strict: bool = False):
-    """Options: strict=True scores all-or-nothing (scene_accuracy) instead of the fraction of checks."""
+def scene_geneval(device=None, strict: bool = False, no_extra: bool = False):
+    """Options: strict=True scores all-or-nothing (scene_accuracy) instead of the fraction of checks;
+    no_extra=True divides it by 1 + the number of objects beyond the prompt's (GenEval has no such
+    check, and RL on it learns to fill the picture with shapes: see `scene_extra_objects`)."""
     def fn(images, prompts, metadata):
-        return scene_scores(images, prompts, metadata)[1 if strict else 0]
+        return scene_scores(images, prompts, metadata, no_extra)[1 if strict else 0]
+    return fn
+
+
+@REWARDS.register("scene_geneval_no_extra", domain="image", differentiable=False)
+def scene_geneval_no_extra(device=None, strict: bool = False):
+    """scene_geneval with no_extra=True, under its own name so that the plain `scene_geneval` can be
+    logged beside it (config.reward.metrics)."""
+    return scene_geneval(device, strict=strict, no_extra=True)
+
+
+def scene_clutter(images: torch.Tensor, prompts: Sequence[str],
+                  metadata: Optional[Sequence[dict]] = None) -> torch.Tensor:
+    """(B,) float32: extra_objects per image (a metric for reward hacking by clutter, not a reward)."""
+    metadata = list(metadata) if metadata is not None else [{}] * len(prompts)
+    return torch.tensor([float(extra_objects(attributes_of(p, m), detect_objects(img)))
+                         for img, p, m in zip(_as_hwc(images), prompts, metadata)], dtype=torch.float32)
+
+
+@REWARDS.register("scene_extra_objects", domain="image", differentiable=False)
+def scene_extra_objects_metric(device=None):
+    """Objects per image beyond those the prompt asks for; log it with config.reward.metrics =
+    ("scene_accuracy", "scene_extra_objects") to see clutter that scene_geneval does not penalise."""
+    def fn(images, prompts, metadata):
+        return scene_clutter(images, prompts, metadata)
     return fn
 
 

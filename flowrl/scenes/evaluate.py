@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from flowrl.rewards.scene import scene_scores
+from flowrl.rewards.scene import scene_clutter, scene_scores
 
 
 @torch.no_grad()
@@ -55,7 +55,9 @@ def evaluate(pipe, rows: List[dict], per_prompt: int = 4, **sample_kw) -> Dict:
     rows = [r for r in rows for _ in range(per_prompt)]
     images = sample(pipe, [r["prompt"] for r in rows], **sample_kw)
     reward, strict = scene_scores(images, [r["prompt"] for r in rows], rows)
-    return {**summarize(reward, strict, rows), "images": images, "rows": rows, "scores": reward}
+    extra = scene_clutter(images, [r["prompt"] for r in rows], rows)
+    return {**summarize(reward, strict, rows), "extra_objects": float(extra.mean()), "images": images,
+            "rows": rows, "scores": reward}
 
 
 def save_grid(images: torch.Tensor, captions: Sequence[str], path: Path, cols: int = 8, scale: int = 4,
@@ -100,7 +102,8 @@ def score_saved(eval_dir: Path) -> Dict:
     images = _saved_images(Path(eval_dir), rows)
     rows = [{**r, **(known[r["prompt"]] if r["prompt"] in known else parse_caption(r["prompt"]))} for r in rows]
     reward, strict = scene_scores(images, [r["prompt"] for r in rows], rows)
-    return summarize(reward, strict, rows)
+    extra = scene_clutter(images, [r["prompt"] for r in rows], rows)
+    return {**summarize(reward, strict, rows), "extra_objects": float(extra.mean())}
 
 
 def _saved_rows(eval_dir: Path) -> List[dict]:

@@ -24,6 +24,8 @@ def test_advantage_scaling():
     a = torch.tensor([-10.0, -5.0, 0.0, 2.5, 5.0, 7.0])
     assert awm_advantages(a, 5.0, 1.0).tolist() == pytest.approx([-1, -1, 0, 0.5, 1, 1])
     assert awm_advantages(a, 5.0, 2.0).tolist() == pytest.approx([-2, -2, 0, 1, 2, 2])
+    assert awm_advantages(a, 5.0, 2.0, negative_scale=0.25).tolist() == pytest.approx([-0.5, -0.5, 0, 1, 2, 2])
+    assert awm_advantages(a, 5.0, 1.0, negative_scale=0.0).tolist() == pytest.approx([0, 0, 0, 0.5, 1, 1])
 
 
 def test_loss_by_hand_and_the_sign_of_its_gradient():
@@ -65,7 +67,7 @@ def test_prepare_draws_schedule_sigmas_without_one_and_the_gradient_is_weighted_
         assert torch.allclose(g1, g2, atol=1e-6)
 
 
-@pytest.mark.parametrize("kw", [{"adv_clip_max": 0.0}, {"advantage_max": -1.0}, {"kl_beta": -0.1},
+@pytest.mark.parametrize("kw", [{"adv_clip_max": 0.0}, {"advantage_max": -1.0}, {"kl_beta": -0.1}, {"negative_scale": -0.5},
                                 {"timesteps_per_sample": -1}, {"weighting": "l1"}, {"ghuber_power": 0.0}])
 def test_bad_options_are_refused(kw):
     with pytest.raises(ValueError, match="algorithm awm"):

@@ -114,3 +114,40 @@ def test_partial_credit_and_strict_accuracy_by_hand():
     assert parts["scene_geneval"].tolist() == [1.0, 0.5, 1.0, 0.5]
     assert parts["scene_accuracy"].tolist() == [1.0, 0.0, 1.0, 0.0]
 
+
+
+def test_clutter_passes_geneval_but_counts_as_extra_objects():
+    """Three triangles drawn for "a triangle": scene_geneval (like GenEval's single_object) gives full
+    marks; the extra-objects metric counts 3 - 1 = 2. The ground truth counts 0 extra."""
+    from flowrl.rewards.scene import scene_clutter
+
+    img = g.make_scene(g.counting(3, "triangle"), 5).image[None]
+    meta = [g.single_object("triangle")]
+    assert scene_scores(img, ["a triangle"], meta)[0].tolist() == [1.0]
+    assert scene_clutter(img, ["a triangle"], meta).tolist() == [2.0]
+    assert REWARDS.build("scene_extra_objects", torch.device("cpu"))(img, ["three triangles"], [{}]).tolist() == [0.0]
+
+
+def test_ground_truth_has_no_extra_objects(truth):
+    from flowrl.rewards.scene import scene_clutter
+
+    images, prompts, rows = truth
+    assert scene_clutter(images, prompts, rows).mean() < 0.02
+
+
+def test_no_extra_divides_by_one_plus_the_extra_objects():
+    """"a triangle" over three drawn triangles: 1 check of 1 / (1 + 2 extra) = 1/3; over one: 1.
+    "a triangle and a square" over three triangles: 1/2 / (1 + 1) = 0.25. A blank picture: 0."""
+    three = g.make_scene(g.counting(3, "triangle"), 5).image
+    one = g.make_scene(g.single_object("triangle"), 5).image
+    fn = REWARDS.build("scene_geneval", torch.device("cpu"), no_extra=True)
+    meta = [g.single_object("triangle")] * 2
+    assert fn(torch.stack([three, one]), ["a triangle"] * 2, meta).tolist() == pytest.approx([1 / 3, 1.0])
+    named = REWARDS.build("scene_geneval_no_extra", torch.device("cpu"))
+    assert named(torch.stack([three, one]), ["a triangle"] * 2, meta).tolist() == pytest.approx([1 / 3, 1.0])
+    assert fn(torch.full((1, 3, 32, 32), g.BACKGROUND), ["a triangle"], meta[:1]).tolist() == [0.0]
+    two = g.two_object("triangle", "square")
+    assert fn(three[None], ["a triangle and a square"], [two]).tolist() == [0.25]
+    assert REWARDS.build("scene_geneval", torch.device("cpu"))(three[None], ["a triangle and a square"],
+                                                                 [two]).tolist() == [0.5]
+    assert scene_scores(torch.stack([three, one]), ["a triangle"] * 2, meta, no_extra=True)[1].tolist() == [0, 1]
