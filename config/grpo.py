@@ -287,7 +287,7 @@ def tiny_geneval():
     c.algorithm.kl = "exact"         # tuned with the exact KL: x25..x17 Flow-GRPO's on steps 0-2
     c.algorithm.std_per_group = True
     c.reward.weights = ml_collections.ConfigDict({"scene_geneval": 1.0})
-    # no_extra=True adds the check that nothing beyond the prompt's objects is drawn (GenEval has none)
+    # no_extra=True divides the reward by 1 + the objects drawn beyond the prompt's (GenEval has no such check)
     c.reward.options = ml_collections.ConfigDict({"scene_geneval": {"no_extra": False}})
     c.reward.metrics = ("scene_accuracy", "scene_extra_objects")   # strict accuracy; clutter per image
     c.eval.every = 10

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Callable, List, Sequence, Tuple
 
+from flowrl.lr_schedule import SCHEDULES
+
 
 def _number(pred: Callable[[float], bool]) -> Callable[[object], bool]:
     def check(v) -> bool:
@@ -26,7 +28,7 @@ RANGES: List[Tuple[str, Callable[[object], bool], str]] = [
     ("sample.noise_level", _number(lambda v: v >= 0), "a number >= 0"),
     ("sample.timestep_fraction", _number(lambda v: 0 < v <= 1), "a number in (0, 1]"),
     ("train.lr", _number(lambda v: v > 0), "a finite number > 0 (e.g. 1e-4)"),
-    ("train.lr_schedule", lambda v: v in ("constant", "linear", "cosine"), 'one of "constant", "linear", "cosine"'),
+    ("train.lr_schedule", lambda v: v in SCHEDULES, f"one of {', '.join(map(repr, SCHEDULES))}"),
     ("train.lr_decay_epochs", _number(lambda v: v >= 0), "an integer >= 0 (0 = num_epochs)"),
     ("train.lr_final", _number(lambda v: 0 <= v <= 1), "a number in [0, 1] (a fraction of train.lr)"),
     ("train.num_inner_epochs", _number(lambda v: v >= 1), "an integer >= 1"),

@@ -15,8 +15,9 @@ in pieces. Prints one markdown table: per config the held-out reward and strict 
 at the end (mean and 95% t-interval over seeds), fine-tuning seconds, seconds / samples to the
 target (mean over the seeds that reached it, and how many did), diversity kept (final Vendi / the
 base model's, same kernel scale), objects per image beyond the prompt's (`scene_extra_objects`:
-clutter, which scene_geneval like GenEval does not penalise), and the evaluation's own noise: the standard error of the held-out
-mean over its samples, and of the improvement (final - base: same prompts and noise, paired).
+clutter, which scene_geneval like GenEval does not penalise), and the evaluation's own noise: the
+standard error of the held-out mean over its samples, and of the improvement (final - base: same
+prompts and noise, paired).
 --plot draws held-out reward vs fine-tuning seconds, one band (mean, 95% interval) per config.
 --speedup-epochs N (after the table) or --only-speedup: the same config with the same GLOBAL batch
 on 1 process x 2 threads and on 2 processes x 1 thread (`accelerate launch --multi_gpu`, gloo).

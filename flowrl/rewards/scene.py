@@ -178,24 +178,32 @@ def _as_hwc(images: torch.Tensor) -> np.ndarray:
     return images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy().astype(np.float64)
 
 
-def scene_scores(images: torch.Tensor, prompts: Sequence[str], metadata: Optional[Sequence[dict]] = None,
-                 no_extra: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """-> (reward (B,) fraction of checks that hold, strict (B,) 1.0 if all hold), float32 CPU.
-    no_extra: reward = fraction / (1 + objects beyond the prompt's), and strict also needs none: an
-    extra shape halves the reward, so clutter costs more than it can pass by chance, and an empty
-    picture still scores 0 (an additive "no clutter" bonus rewarded blank images instead)."""
+def scene_measures(images: torch.Tensor, prompts: Sequence[str], metadata: Optional[Sequence[dict]] = None,
+                   no_extra: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One detection pass per image -> (reward (B,) fraction of checks that hold, strict (B,) 1.0 if
+    all hold, extra (B,) objects beyond the prompt's), float32 CPU.
+    no_extra: reward = fraction / (1 + extra), and strict also needs extra == 0: an extra shape halves
+    the reward, so clutter costs more than it can pass by chance, and an empty picture still scores 0
+    (an additive "no clutter" bonus rewarded blank images instead)."""
     arr = _as_hwc(images)
     metadata = list(metadata) if metadata is not None else [{}] * len(prompts)
     if not (len(arr) == len(prompts) == len(metadata)):
         raise ValueError(f"{len(arr)} images, {len(prompts)} prompts, {len(metadata)} metadata: one each")
-    frac, strict = [], []
+    frac, strict, extras = [], [], []
     for img, p, m in zip(arr, prompts, metadata):
         attributes, objects = attributes_of(p, m), detect_objects(img)
-        c = checks(attributes, objects)
-        extra = extra_objects(attributes, objects) if no_extra else 0
-        frac.append(sum(c.values()) / len(c) / (1 + extra))
-        strict.append(float(all(c.values()) and extra == 0))
-    return torch.tensor(frac, dtype=torch.float32), torch.tensor(strict, dtype=torch.float32)
+        c, extra = checks(attributes, objects), extra_objects(attributes, objects)
+        penalty = extra if no_extra else 0
+        frac.append(sum(c.values()) / len(c) / (1 + penalty))
+        strict.append(float(all(c.values()) and penalty == 0))
+        extras.append(float(extra))
+    return tuple(torch.tensor(x, dtype=torch.float32) for x in (frac, strict, extras))
+
+
+def scene_scores(images: torch.Tensor, prompts: Sequence[str], metadata: Optional[Sequence[dict]] = None,
+                 no_extra: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """-> (reward (B,), strict (B,)) of scene_measures."""
+    return scene_measures(images, prompts, metadata, no_extra)[:2]
 
 
 def scene_accuracy(images: torch.Tensor, prompts: Sequence[str],
@@ -221,20 +229,12 @@ def scene_geneval_no_extra(device=None, strict: bool = False):
     return scene_geneval(device, strict=strict, no_extra=True)
 
 
-def scene_clutter(images: torch.Tensor, prompts: Sequence[str],
-                  metadata: Optional[Sequence[dict]] = None) -> torch.Tensor:
-    """(B,) float32: extra_objects per image (a metric for reward hacking by clutter, not a reward)."""
-    metadata = list(metadata) if metadata is not None else [{}] * len(prompts)
-    return torch.tensor([float(extra_objects(attributes_of(p, m), detect_objects(img)))
-                         for img, p, m in zip(_as_hwc(images), prompts, metadata)], dtype=torch.float32)
-
-
 @REWARDS.register("scene_extra_objects", domain="image", differentiable=False)
 def scene_extra_objects_metric(device=None):
     """Objects per image beyond those the prompt asks for; log it with config.reward.metrics =
     ("scene_accuracy", "scene_extra_objects") to see clutter that scene_geneval does not penalise."""
     def fn(images, prompts, metadata):
-        return scene_clutter(images, prompts, metadata)
+        return scene_measures(images, prompts, metadata)[2]
     return fn
 
 

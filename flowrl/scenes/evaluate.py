@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from flowrl.rewards.scene import scene_clutter, scene_scores
+from flowrl.rewards.scene import scene_measures
 
 
 @torch.no_grad()
@@ -54,8 +54,7 @@ def evaluate(pipe, rows: List[dict], per_prompt: int = 4, **sample_kw) -> Dict:
     the images (N, 3, H, W) and their rows under "images" / "rows" (not JSON)."""
     rows = [r for r in rows for _ in range(per_prompt)]
     images = sample(pipe, [r["prompt"] for r in rows], **sample_kw)
-    reward, strict = scene_scores(images, [r["prompt"] for r in rows], rows)
-    extra = scene_clutter(images, [r["prompt"] for r in rows], rows)
+    reward, strict, extra = scene_measures(images, [r["prompt"] for r in rows], rows)
     return {**summarize(reward, strict, rows), "extra_objects": float(extra.mean()), "images": images,
             "rows": rows, "scores": reward}
 
@@ -101,8 +100,7 @@ def score_saved(eval_dir: Path) -> Dict:
     rows = _saved_rows(Path(eval_dir))
     images = _saved_images(Path(eval_dir), rows)
     rows = [{**r, **(known[r["prompt"]] if r["prompt"] in known else parse_caption(r["prompt"]))} for r in rows]
-    reward, strict = scene_scores(images, [r["prompt"] for r in rows], rows)
-    extra = scene_clutter(images, [r["prompt"] for r in rows], rows)
+    reward, strict, extra = scene_measures(images, [r["prompt"] for r in rows], rows)
     return {**summarize(reward, strict, rows), "extra_objects": float(extra.mean())}
 
 

@@ -8,7 +8,7 @@ import torch
 from flowrl.data.prompts import load_prompts
 from flowrl.registry import REWARDS
 from flowrl.rewards import build_reward
-from flowrl.rewards.scene import detect_objects, parse_caption, scene_accuracy, scene_scores
+from flowrl.rewards.scene import detect_objects, parse_caption, scene_accuracy, scene_measures, scene_scores
 from flowrl.scenes import generator as g
 from flowrl.scenes.promptsets import split
 
@@ -119,20 +119,16 @@ def test_partial_credit_and_strict_accuracy_by_hand():
 def test_clutter_passes_geneval_but_counts_as_extra_objects():
     """Three triangles drawn for "a triangle": scene_geneval (like GenEval's single_object) gives full
     marks; the extra-objects metric counts 3 - 1 = 2. The ground truth counts 0 extra."""
-    from flowrl.rewards.scene import scene_clutter
-
     img = g.make_scene(g.counting(3, "triangle"), 5).image[None]
     meta = [g.single_object("triangle")]
     assert scene_scores(img, ["a triangle"], meta)[0].tolist() == [1.0]
-    assert scene_clutter(img, ["a triangle"], meta).tolist() == [2.0]
+    assert scene_measures(img, ["a triangle"], meta)[2].tolist() == [2.0]
     assert REWARDS.build("scene_extra_objects", torch.device("cpu"))(img, ["three triangles"], [{}]).tolist() == [0.0]
 
 
 def test_ground_truth_has_no_extra_objects(truth):
-    from flowrl.rewards.scene import scene_clutter
-
     images, prompts, rows = truth
-    assert scene_clutter(images, prompts, rows).mean() < 0.02
+    assert scene_measures(images, prompts, rows)[2].mean() < 0.02
 
 
 def test_no_extra_divides_by_one_plus_the_extra_objects():
