@@ -164,3 +164,30 @@ def per_rank_overrides(c, procs: int) -> List[str]:
         raise ValueError(f"{bad} per process do not divide by {procs} processes: pick a number "
                          f"of processes >= 1 that divides them, or set the batch sizes")
     return [f"{k}={v // procs}" for k, v in sizes.items()]
+
+
+def best_of_n(key, values: Dict[str, object], n: int) -> Dict[str, float]:
+    """Best-of-n headroom of a model's own samples. key (P, K): a score of K samples per prompt (the
+    pick criterion); values: name -> (P, K) measures of the same samples. For each prompt, the
+    expected value of each measure at the key's best sample of a uniformly random n-subset of its K
+    samples (exact, over all C(K, n) subsets: the i-th smallest key, 1-based, is a subset's best with
+    probability C(i-1, n-1) / C(K, n)); samples with tied keys share their mean measure. -> name ->
+    mean over prompts (float). n = 1 is the plain mean; n = K the best of all K."""
+    key = np.asarray(key, dtype=float)
+    p, k = key.shape
+    if not 1 <= n <= k:
+        raise ValueError(f"best_of_n needs 1 <= n <= K = {k} samples per prompt; got n = {n}")
+    weight = np.array([math.comb(i, n - 1) for i in range(k)], dtype=float) / math.comb(k, n)   # (K,)
+    out = {}
+    for name, v in values.items():
+        v = np.asarray(v, dtype=float)
+        if v.shape != key.shape:
+            raise ValueError(f"best_of_n: {name} has shape {v.shape}, the key {key.shape}")
+        total = 0.0
+        for row_k, row_v in zip(key, v):
+            order = np.argsort(row_k, kind="stable")
+            ks, vs = row_k[order], row_v[order]
+            tied = np.array([vs[ks == x].mean() for x in ks])           # ties share their mean
+            total += float(weight @ tied)
+        out[name] = total / p
+    return out

@@ -4,6 +4,7 @@
                                      [--guidance 4.5] [--grid /tmp/tiny_t2i_grid.png]
     python -m flowrl.scenes.evaluate --eval-dir RUN_DIR/eval/<tag>   # a run's saved evaluation
     python -m flowrl.scenes.evaluate --before-after RUN_DIR/eval/base RUN_DIR/eval/final --grid ba.png
+    python -m flowrl.scenes.evaluate --per-prompt 32 --best-of      # best-of-n headroom of the samples
 
 DIR defaults to the cached tiny-t2i folder (`flowrl init tiny-t2i`). Sampling goes through
 StableDiffusion3Pipeline.__call__ itself (Euler ODE, classifier-free guidance), max_sequence_length 16.
@@ -138,6 +139,20 @@ def before_after(before_dir: Path, after_dir: Path, path: Path, per_prompt: int 
     return save_grid(torch.cat(imgs), caps, Path(path), cols=2 * k, text_h=40)
 
 
+def headroom(res: Dict, per_prompt: int) -> List[Dict]:
+    """Best-of-n over an `evaluate` result of `per_prompt` samples per prompt, n = 1, 2, 4, ... K:
+    the plain reward, strict accuracy and extra objects of the pick when picking by the plain
+    `scene_geneval` (what RL on it can concentrate on, clutter included) and by the clutter-penalised
+    reward (fraction / (1 + extra): the honest headroom). -> one dict per (pick, n)."""
+    from flowrl.bench import best_of_n
+    shape = (-1, per_prompt)
+    reward, strict, extra = scene_measures(res["images"], [r["prompt"] for r in res["rows"]], res["rows"])
+    measures = {"reward": reward.view(shape), "strict": strict.view(shape), "extra": extra.view(shape)}
+    keys = {"scene_geneval": measures["reward"], "no_extra": reward.view(shape) / (1 + extra.view(shape))}
+    ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= per_prompt]
+    return [{"pick": name, "n": n, **best_of_n(key, measures, n)} for name, key in keys.items() for n in ns]
+
+
 def main(argv=None) -> Dict:
     from diffusers import StableDiffusion3Pipeline
 
@@ -155,6 +170,9 @@ def main(argv=None) -> Dict:
     ap.add_argument("--before-after", nargs=2, default=None, metavar=("BASE_DIR", "AFTER_DIR"),
                     help="instead: --grid PNG comparing two evaluations of one run (eval/base, eval/final)")
     ap.add_argument("--num-prompts", type=int, default=16, help="--before-after: rows (prompts) drawn")
+    ap.add_argument("--best-of", action="store_true",
+                    help="also print best-of-n (n = 1, 2, 4 ... --per-prompt) picked by the reward and by "
+                         "the clutter-penalised reward: the headroom in the model's own samples")
     a = ap.parse_args(argv)
     if a.before_after:
         print("grid:", before_after(Path(a.before_after[0]), Path(a.before_after[1]),
@@ -176,6 +194,11 @@ def main(argv=None) -> Dict:
         caps = [f"{res['rows'][i]['prompt']} ({float(res['scores'][i]):.2f})" for i in pick]
         print("grid:", save_grid(res["images"][pick], caps, Path(a.grid)))
     summary = {k: v for k, v in res.items() if k not in ("images", "rows", "scores")}
+    if a.best_of:
+        summary["best_of"] = headroom(res, a.per_prompt)
+        print("| pick by | n | reward | strict accuracy | extra objects |\n| --- | --- | --- | --- | --- |")
+        for h in summary["best_of"]:
+            print(f"| {h['pick']} | {h['n']} | {h['reward']:.3f} | {h['strict']:.3f} | {h['extra']:.2f} |")
     print(json.dumps(summary, indent=1))
     return summary
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from flowrl.data.prompts import load_prompts
 from flowrl.scenes import generator as g
-from flowrl.scenes.evaluate import before_after, score_saved
+from flowrl.scenes.evaluate import before_after, headroom, score_saved
 
 
 def _eval_dir(path, rows, images):
@@ -47,6 +47,16 @@ def test_before_after_grid_pairs_the_same_prompts(tmp_path):
     c = _eval_dir(tmp_path / "c", list(reversed(rows)), [torch.zeros(3, 32, 32)] * 6)
     with pytest.raises(ValueError, match="different prompts"):
         before_after(a, c, tmp_path / "x.png", per_prompt=2)
+
+
+def test_headroom_picks_each_prompts_best_sample():
+    rows = [r for r in _test_rows(3) for _ in range(2)]        # 3 prompts x 2 samples: blank, then the truth
+    images = torch.stack([torch.full((3, 32, 32), 0.9) if i % 2 == 0 else g.make_scene(r, i).image
+                          for i, r in enumerate(rows)])
+    h = {(x["pick"], x["n"]): x for x in headroom({"images": images, "rows": rows}, per_prompt=2)}
+    assert h[("scene_geneval", 1)]["strict"] == pytest.approx(0.5)          # the mean of blank and truth
+    for pick in ("scene_geneval", "no_extra"):
+        assert (h[(pick, 2)]["reward"], h[(pick, 2)]["strict"], h[(pick, 2)]["extra"]) == (1.0, 1.0, 0.0)
 
 
 def test_tiny_geneval_config_trains_and_saves_scored_evaluations(tmp_path):
