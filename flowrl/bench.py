@@ -166,13 +166,14 @@ def per_rank_overrides(c, procs: int) -> List[str]:
     return [f"{k}={v // procs}" for k, v in sizes.items()]
 
 
-def best_of_n(key, values: Dict[str, object], n: int) -> Dict[str, float]:
+def best_of_n(key, values: Dict[str, object], n: int) -> Dict[str, np.ndarray]:
     """Best-of-n headroom of a model's own samples. key (P, K): a score of K samples per prompt (the
     pick criterion); values: name -> (P, K) measures of the same samples. For each prompt, the
     expected value of each measure at the key's best sample of a uniformly random n-subset of its K
     samples (exact, over all C(K, n) subsets: the i-th smallest key, 1-based, is a subset's best with
     probability C(i-1, n-1) / C(K, n)); samples with tied keys share their mean measure. -> name ->
-    mean over prompts (float). n = 1 is the plain mean; n = K the best of all K."""
+    (P,) per prompt (their mean is the headroom, their standard_error its noise over prompts).
+    n = 1 gives each prompt's plain mean; n = K the best of all K."""
     key = np.asarray(key, dtype=float)
     p, k = key.shape
     if not 1 <= n <= k:
@@ -183,11 +184,11 @@ def best_of_n(key, values: Dict[str, object], n: int) -> Dict[str, float]:
         v = np.asarray(v, dtype=float)
         if v.shape != key.shape:
             raise ValueError(f"best_of_n: {name} has shape {v.shape}, the key {key.shape}")
-        total = 0.0
-        for row_k, row_v in zip(key, v):
+        per_prompt = np.empty(p)
+        for j, (row_k, row_v) in enumerate(zip(key, v)):
             order = np.argsort(row_k, kind="stable")
             ks, vs = row_k[order], row_v[order]
             tied = np.array([vs[ks == x].mean() for x in ks])           # ties share their mean
-            total += float(weight @ tied)
-        out[name] = total / p
+            per_prompt[j] = weight @ tied
+        out[name] = per_prompt
     return out

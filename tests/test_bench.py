@@ -119,17 +119,17 @@ def test_best_of_n_by_hand_and_against_every_subset():
 
     from flowrl.bench import best_of_n
     # one prompt, keys 0.1 / 0.5 / 0.9: best of 2 over the 3 pairs = (0.5 + 0.9 + 0.9) / 3
-    assert best_of_n([[0.1, 0.9, 0.5]], {"r": [[0.1, 0.9, 0.5]]}, 2)["r"] == pytest.approx(2.3 / 3)
-    assert best_of_n([[0.1, 0.9, 0.5]], {"r": [[0.1, 0.9, 0.5]]}, 1)["r"] == pytest.approx(0.5)
-    assert best_of_n([[0.1, 0.9, 0.5]], {"r": [[0.1, 0.9, 0.5]]}, 3)["r"] == pytest.approx(0.9)
+    assert best_of_n([[0.1, 0.9, 0.5]], {"r": [[0.1, 0.9, 0.5]]}, 2)["r"] == pytest.approx([2.3 / 3])
+    assert best_of_n([[0.1, 0.9, 0.5]], {"r": [[0.1, 0.9, 0.5]]}, 1)["r"] == pytest.approx([0.5])
+    assert best_of_n([[0.1, 0.9, 0.5]], {"r": [[0.1, 0.9, 0.5]]}, 3)["r"] == pytest.approx([0.9])
     # a second measure read at the key's pick; two prompts averaged
     rng = np.random.default_rng(0)
     key, other = rng.random((2, 6)), rng.random((2, 6))
     for n in range(1, 7):
-        brute = np.mean([np.mean([o[list(s)][np.argmax(kk[list(s)])] for s in combinations(range(6), n)])
-                         for kk, o in zip(key, other)])
+        brute = [np.mean([o[list(s)][np.argmax(kk[list(s)])] for s in combinations(range(6), n)])
+                 for kk, o in zip(key, other)]
         assert best_of_n(key, {"o": other}, n)["o"] == pytest.approx(brute)
     # tied keys share their measure's mean: keys (1, 1), measures (0, 2) -> the pick is worth 1
-    assert best_of_n([[1.0, 1.0]], {"m": [[0.0, 2.0]]}, 2)["m"] == pytest.approx(1.0)
+    assert best_of_n([[1.0, 1.0]], {"m": [[0.0, 2.0]]}, 2)["m"] == pytest.approx([1.0])
     with pytest.raises(ValueError, match="1 <= n <= K"):
         best_of_n([[0.1, 0.2]], {"r": [[0.1, 0.2]]}, 3)

@@ -143,14 +143,21 @@ def headroom(res: Dict, per_prompt: int) -> List[Dict]:
     """Best-of-n over an `evaluate` result of `per_prompt` samples per prompt, n = 1, 2, 4, ... K:
     the plain reward, strict accuracy and extra objects of the pick when picking by the plain
     `scene_geneval` (what RL on it can concentrate on, clutter included) and by the clutter-penalised
-    reward (fraction / (1 + extra): the honest headroom). -> one dict per (pick, n)."""
-    from flowrl.bench import best_of_n
+    reward (fraction / (1 + extra): the honest headroom). -> one dict per (pick, n): the means over
+    prompts and, under "<name>_se", their standard errors over prompts."""
+    from flowrl.bench import best_of_n, standard_error
     shape = (-1, per_prompt)
     reward, strict, extra = scene_measures(res["images"], [r["prompt"] for r in res["rows"]], res["rows"])
     measures = {"reward": reward.view(shape), "strict": strict.view(shape), "extra": extra.view(shape)}
     keys = {"scene_geneval": measures["reward"], "no_extra": reward.view(shape) / (1 + extra.view(shape))}
     ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= per_prompt]
-    return [{"pick": name, "n": n, **best_of_n(key, measures, n)} for name, key in keys.items() for n in ns]
+    out = []
+    for name, key in keys.items():
+        for n in ns:
+            per_prompt = best_of_n(key, measures, n)
+            out.append({"pick": name, "n": n, **{m: float(v.mean()) for m, v in per_prompt.items()},
+                        **{f"{m}_se": standard_error(v) for m, v in per_prompt.items()}})
+    return out
 
 
 def main(argv=None) -> Dict:
@@ -196,9 +203,10 @@ def main(argv=None) -> Dict:
     summary = {k: v for k, v in res.items() if k not in ("images", "rows", "scores")}
     if a.best_of:
         summary["best_of"] = headroom(res, a.per_prompt)
-        print("| pick by | n | reward | strict accuracy | extra objects |\n| --- | --- | --- | --- | --- |")
+        print("| pick by | n | reward ± SE over prompts | strict accuracy | extra objects |\n| --- | --- | --- | --- | --- |")
         for h in summary["best_of"]:
-            print(f"| {h['pick']} | {h['n']} | {h['reward']:.3f} | {h['strict']:.3f} | {h['extra']:.2f} |")
+            print(f"| {h['pick']} | {h['n']} | {h['reward']:.3f} ± {h['reward_se']:.3f} | {h['strict']:.3f} | "
+                  f"{h['extra']:.2f} |")
     print(json.dumps(summary, indent=1))
     return summary
 

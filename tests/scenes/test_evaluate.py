@@ -57,6 +57,7 @@ def test_headroom_picks_each_prompts_best_sample():
     assert h[("scene_geneval", 1)]["strict"] == pytest.approx(0.5)          # the mean of blank and truth
     for pick in ("scene_geneval", "no_extra"):
         assert (h[(pick, 2)]["reward"], h[(pick, 2)]["strict"], h[(pick, 2)]["extra"]) == (1.0, 1.0, 0.0)
+        assert h[(pick, 2)]["reward_se"] == 0.0                            # every prompt's pick is right
 
 
 def test_tiny_geneval_config_trains_and_saves_scored_evaluations(tmp_path):
