@@ -154,9 +154,9 @@ def headroom(res: Dict, per_prompt: int) -> List[Dict]:
     out = []
     for name, key in keys.items():
         for n in ns:
-            per_prompt = best_of_n(key, measures, n)
-            out.append({"pick": name, "n": n, **{m: float(v.mean()) for m, v in per_prompt.items()},
-                        **{f"{m}_se": standard_error(v) for m, v in per_prompt.items()}})
+            picked = best_of_n(key, measures, n)                     # name -> (P,) per prompt
+            out.append({"pick": name, "n": n, **{m: float(v.mean()) for m, v in picked.items()},
+                        **{f"{m}_se": standard_error(v) for m, v in picked.items()}})
     return out
 
 
