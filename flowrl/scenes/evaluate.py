@@ -52,12 +52,13 @@ def summarize(reward: torch.Tensor, strict: torch.Tensor, rows: List[dict]) -> D
 
 def evaluate(pipe, rows: List[dict], per_prompt: int = 4, **sample_kw) -> Dict:
     """Sample `per_prompt` images of every row ({"prompt", attributes...}) and summarize; also returns
-    the images (N, 3, H, W) and their rows under "images" / "rows" (not JSON)."""
+    the images (N, 3, H, W), their rows and per-image reward / strict / extra objects (N,) under
+    "images" / "rows" / "scores" / "strict" / "extra" (not JSON)."""
     rows = [r for r in rows for _ in range(per_prompt)]
     images = sample(pipe, [r["prompt"] for r in rows], **sample_kw)
     reward, strict, extra = scene_measures(images, [r["prompt"] for r in rows], rows)
     return {**summarize(reward, strict, rows), "extra_objects": float(extra.mean()), "images": images,
-            "rows": rows, "scores": reward}
+            "rows": rows, "scores": reward, "strict": strict, "extra": extra}
 
 
 def save_grid(images: torch.Tensor, captions: Sequence[str], path: Path, cols: int = 8, scale: int = 4,
@@ -139,17 +140,17 @@ def before_after(before_dir: Path, after_dir: Path, path: Path, per_prompt: int 
     return save_grid(torch.cat(imgs), caps, Path(path), cols=2 * k, text_h=40)
 
 
-def headroom(res: Dict, per_prompt: int) -> List[Dict]:
-    """Best-of-n over an `evaluate` result of `per_prompt` samples per prompt, n = 1, 2, 4, ... K:
-    the plain reward, strict accuracy and extra objects of the pick when picking by the plain
-    `scene_geneval` (what RL on it can concentrate on, clutter included) and by the clutter-penalised
-    reward (fraction / (1 + extra): the honest headroom). -> one dict per (pick, n): the means over
-    prompts and, under "<name>_se", their standard errors over prompts."""
+def headroom(reward: torch.Tensor, strict: torch.Tensor, extra: torch.Tensor, per_prompt: int) -> List[Dict]:
+    """Best-of-n over per-image measures (N,) = P prompts x `per_prompt` samples, each prompt's samples
+    consecutive (as `evaluate` returns them), n = 1, 2, 4, ... K: the plain reward, strict accuracy
+    and extra objects of the pick when picking by the plain `scene_geneval` (what RL on it can
+    concentrate on, clutter included) and by the clutter-penalised reward (fraction / (1 + extra):
+    the honest headroom). -> one dict per (pick, n): the means over prompts and, under "<name>_se",
+    their standard errors over prompts."""
     from flowrl.bench import best_of_n, standard_error
-    shape = (-1, per_prompt)
-    reward, strict, extra = scene_measures(res["images"], [r["prompt"] for r in res["rows"]], res["rows"])
-    measures = {"reward": reward.view(shape), "strict": strict.view(shape), "extra": extra.view(shape)}
-    keys = {"scene_geneval": measures["reward"], "no_extra": reward.view(shape) / (1 + extra.view(shape))}
+    measures = {"reward": reward.view(-1, per_prompt), "strict": strict.view(-1, per_prompt),
+                "extra": extra.view(-1, per_prompt)}                                 # (P, K) each
+    keys = {"scene_geneval": measures["reward"], "no_extra": measures["reward"] / (1 + measures["extra"])}
     ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= per_prompt]
     out = []
     for name, key in keys.items():
@@ -181,6 +182,8 @@ def main(argv=None) -> Dict:
                     help="also print best-of-n (n = 1, 2, 4 ... --per-prompt) picked by the reward and by "
                          "the clutter-penalised reward: the headroom in the model's own samples")
     a = ap.parse_args(argv)
+    if a.best_of and (a.eval_dir or a.before_after):
+        ap.error("--best-of samples the model afresh: drop --eval-dir / --before-after, or drop --best-of")
     if a.before_after:
         print("grid:", before_after(Path(a.before_after[0]), Path(a.before_after[1]),
                                     Path(a.grid or "before_after.png"), a.per_prompt, a.num_prompts))
@@ -200,9 +203,9 @@ def main(argv=None) -> Dict:
         pick = list(range(0, len(res["rows"]), a.per_prompt))[:64]
         caps = [f"{res['rows'][i]['prompt']} ({float(res['scores'][i]):.2f})" for i in pick]
         print("grid:", save_grid(res["images"][pick], caps, Path(a.grid)))
-    summary = {k: v for k, v in res.items() if k not in ("images", "rows", "scores")}
+    summary = {k: v for k, v in res.items() if k not in ("images", "rows", "scores", "strict", "extra")}
     if a.best_of:
-        summary["best_of"] = headroom(res, a.per_prompt)
+        summary["best_of"] = headroom(res["scores"], res["strict"], res["extra"], a.per_prompt)
         print("| pick by | n | reward ± SE over prompts | strict accuracy | extra objects |\n| --- | --- | --- | --- | --- |")
         for h in summary["best_of"]:
             print(f"| {h['pick']} | {h['n']} | {h['reward']:.3f} ± {h['reward_se']:.3f} | {h['strict']:.3f} | "

@@ -9,7 +9,8 @@ from PIL import Image
 
 from flowrl.data.prompts import load_prompts
 from flowrl.scenes import generator as g
-from flowrl.scenes.evaluate import before_after, headroom, score_saved
+from flowrl.rewards.scene import scene_measures
+from flowrl.scenes.evaluate import before_after, headroom, main, score_saved
 
 
 def _eval_dir(path, rows, images):
@@ -53,11 +54,18 @@ def test_headroom_picks_each_prompts_best_sample():
     rows = [r for r in _test_rows(3) for _ in range(2)]        # 3 prompts x 2 samples: blank, then the truth
     images = torch.stack([torch.full((3, 32, 32), 0.9) if i % 2 == 0 else g.make_scene(r, i).image
                           for i, r in enumerate(rows)])
-    h = {(x["pick"], x["n"]): x for x in headroom({"images": images, "rows": rows}, per_prompt=2)}
+    measures = scene_measures(images, [r["prompt"] for r in rows], rows)     # reward, strict, extra (6,)
+    h = {(x["pick"], x["n"]): x for x in headroom(*measures, per_prompt=2)}
     assert h[("scene_geneval", 1)]["strict"] == pytest.approx(0.5)          # the mean of blank and truth
     for pick in ("scene_geneval", "no_extra"):
         assert (h[(pick, 2)]["reward"], h[(pick, 2)]["strict"], h[(pick, 2)]["extra"]) == (1.0, 1.0, 0.0)
         assert h[(pick, 2)]["reward_se"] == 0.0                            # every prompt's pick is right
+
+
+def test_best_of_with_a_saved_evaluation_is_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--eval-dir", str(tmp_path), "--best-of"])
+    assert e.value.code == 2 and "drop --eval-dir" in capsys.readouterr().err
 
 
 def test_tiny_geneval_config_trains_and_saves_scored_evaluations(tmp_path):
