@@ -114,6 +114,23 @@ def served(c, concurrency: int = 1, timeout: float = 60.0, backoff: float = 0.5)
     return c
 
 
+def placebo(c):
+    """Config `c` trained on the `placebo` reward (a hash of each sample's own bytes: no information),
+    its real rewards kept as logged metrics: the control that shows what the method does to those
+    metrics by itself (README "A placebo control")."""
+    real = tuple(c.reward.weights.keys()) + tuple(m for m in c.reward.metrics if m not in c.reward.weights)
+    c.reward.weights = ml_collections.ConfigDict({"placebo": 1.0})
+    c.reward.options = ml_collections.ConfigDict({"placebo": {"seed": 0}})
+    c.reward.metrics = real
+    return c
+
+
+def tiny_geneval_placebo():
+    """tiny_geneval (Flow-GRPO) trained on the placebo reward; scene_geneval, the strict accuracy and
+    the clutter are logged beside it."""
+    return placebo(tiny_geneval())
+
+
 def pickscore():
     """Flow-GRPO on SD3.5-medium with PickScore (yifan123/flow_grpo config `pickscore_sd3`).
     Flow-GRPO's forms throughout: its KL (algorithm.kl="flow_grpo", so beta 0.01 is its beta), its
@@ -452,7 +469,7 @@ EXPERIMENTS = {"moons": moons, "moons_fidelity": moons_fidelity,
                "tiny_geneval": tiny_geneval, "tiny_sd3_remote": tiny_sd3_remote,
                "tiny_geneval_remote": tiny_geneval_remote, "flux_pickscore": flux_pickscore,
                "tiny_flux": tiny_flux, "tiny_sd35": tiny_sd35, "tiny_geneval_guard": tiny_geneval_guard,
-               "tiny_geneval_trust": tiny_geneval_trust}
+               "tiny_geneval_trust": tiny_geneval_trust, "tiny_geneval_placebo": tiny_geneval_placebo}
 
 
 def get_config(name="moons"):

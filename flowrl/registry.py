@@ -77,4 +77,4 @@ ALGORITHMS = Registry("algorithm", ["flowrl.algorithms.grpo", "flowrl.algorithms
 REWARDS = Registry("reward", ["flowrl.rewards.toy", "flowrl.rewards.jpeg", "flowrl.rewards.ocr",
                               "flowrl.rewards.clip", "flowrl.rewards.scene",
                               "flowrl.rewards.toy1d", "flowrl.rewards.digits",
-                              "flowrl.rewards.remote"])
+                              "flowrl.rewards.remote", "flowrl.rewards.placebo"])

@@ -80,3 +80,15 @@ def test_train_prints_the_config_file_it_loaded(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["train", "--config", "grpo.py:moons", "--set", "num_epochs=0"])
     assert f"config {config_dirs()[0] / 'grpo.py'}:moons" in res.stdout
     assert res.exit_code == 2 and "num_epochs=0" in res.stderr
+
+
+@pytest.mark.parametrize("spec,real_spec", [("awm.py:tiny_geneval_placebo", "awm.py:tiny_geneval_cosine"),
+                                            ("grpo.py:tiny_geneval_placebo", "grpo.py:tiny_geneval")])
+def test_placebo_configs_train_on_the_placebo_and_log_the_real_rewards(spec, real_spec):
+    real = load_config(real_spec)
+    cfg = load_config(spec)
+    assert dict(cfg.reward.weights) == {"placebo": 1.0}
+    assert cfg.reward.metrics == ("scene_geneval",) + tuple(real.reward.metrics)
+    # everything but the reward is the real experiment's
+    for key in ("algorithm", "train", "sample", "model", "eval"):
+        assert cfg[key].to_dict() == real[key].to_dict()
