@@ -116,11 +116,11 @@ def served(c, concurrency: int = 1, timeout: float = 60.0, backoff: float = 0.5)
 
 def placebo(c):
     """Config `c` trained on the `placebo` reward (a hash of each sample's own bytes: no information),
-    its real rewards kept as logged metrics: the control that shows what the method does to those
-    metrics by itself (README "A placebo control")."""
+    its real rewards kept as logged metrics (with their options): the control that shows what the
+    method does to those metrics by itself (README "A placebo control")."""
     real = tuple(c.reward.weights.keys()) + tuple(m for m in c.reward.metrics if m not in c.reward.weights)
     c.reward.weights = ml_collections.ConfigDict({"placebo": 1.0})
-    c.reward.options = ml_collections.ConfigDict({"placebo": {"seed": 0}})
+    c.reward.options = ml_collections.ConfigDict({**c.reward.options.to_dict(), "placebo": {"seed": 0}})
     c.reward.metrics = real
     return c
 

@@ -89,6 +89,8 @@ def test_placebo_configs_train_on_the_placebo_and_log_the_real_rewards(spec, rea
     cfg = load_config(spec)
     assert dict(cfg.reward.weights) == {"placebo": 1.0}
     assert cfg.reward.metrics == ("scene_geneval",) + tuple(real.reward.metrics)
+    # the real rewards keep their options (e.g. scene_geneval's no_extra), the placebo gets its seed
+    assert cfg.reward.options.to_dict() == {**real.reward.options.to_dict(), "placebo": {"seed": 0}}
     # everything but the reward is the real experiment's
     for key in ("algorithm", "train", "sample", "model", "eval"):
         assert cfg[key].to_dict() == real[key].to_dict()

@@ -67,5 +67,21 @@ def build_reward(weights: Mapping[str, float], options: Mapping[str, Mapping], d
     if unknown:
         raise KeyError(f"config.reward.metrics names unknown reward(s) {unknown}; known: {REWARDS.names()}")
     names = list(weights) + metrics
-    fns = {name: REWARDS.build(name, device, **dict(options.get(name, {}) or {})) for name in names}
+    fns = {name: _build_one(name, device, dict(options.get(name, {}) or {})) for name in names}
     return WeightedReward(fns, {**weights, **{m: 0.0 for m in metrics}})
+
+
+def _build_one(name: str, device, options: Dict):
+    """REWARDS.build, with a factory's refusal of its options (ValueError; an unknown option, which
+    the registry reports as a TypeError saying "Fix the options") raised as a ConfigError: a user
+    error, one line and exit 2 from the CLI, naming the reward."""
+    from flowrl.config import ConfigError
+    from flowrl.errors import UserError
+    try:
+        return REWARDS.build(name, device, **options)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as e:
+        if isinstance(e, TypeError) and "Fix the options" not in str(e):
+            raise                                   # a bug, not the options: keep the traceback
+        raise ConfigError(f"reward {name!r} refused its options {options}: {e}") from e

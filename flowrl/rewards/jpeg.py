@@ -17,12 +17,17 @@ import torch
 from flowrl.registry import REWARDS
 
 
-def to_uint8_images(samples: torch.Tensor) -> List[np.ndarray]:
-    """(B, 3, H, W) float in [0, 1] -> list of B (H, W, 3) uint8 RGB arrays (values clamped)."""
+def to_uint8(samples: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float in [0, 1] -> (B, 3, H, W) uint8 on the CPU (clamped, x 255, round-to-nearest):
+    the pixels every image reward sees."""
     if samples.ndim != 4 or samples.shape[1] != 3:
         raise ValueError(f"image rewards take samples of shape (B, 3, H, W); got {tuple(samples.shape)}")
-    x = samples.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
-    return list(x.permute(0, 2, 3, 1).cpu().numpy())
+    return samples.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+
+
+def to_uint8_images(samples: torch.Tensor) -> List[np.ndarray]:
+    """(B, 3, H, W) float in [0, 1] -> list of B (H, W, 3) uint8 RGB arrays (values clamped)."""
+    return list(to_uint8(samples).permute(0, 2, 3, 1).numpy())
 
 
 def jpeg_size_kb(image: np.ndarray, quality: int = 95) -> float:

@@ -61,3 +61,9 @@ def test_non_image_samples_use_their_float_values():
     pts = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0 + 1e-6]])
     s = placebo_scores(pts)
     assert s[0] == s[1] and s[0] != s[2]
+
+
+@pytest.mark.parametrize("seed", ["0", 1.5, True, 2 ** 63])
+def test_a_bad_seed_names_the_option_to_fix(seed):
+    with pytest.raises(ValueError, match="Fix reward.options.placebo.seed"):
+        REWARDS.build("placebo", CPU, seed=seed)
